@@ -1,0 +1,362 @@
+"""The semantic codec: a variable-rate mean-scale hyperprior with a bit-allocation policy head and task adapters.
+
+Shapes and ranges used throughout (B = batch, H and W multiples of :data:`SemanticCodec.multiple`):
+
+- input ``x``: ``(B, 1, H, W)`` float in [0, 1] (a windowed grayscale image);
+- latent ``y``: ``(B, M, H/16, W/16)``; hyper-latent ``z``: ``(B, N, H/64, W/64)``;
+- ``quality``: ``(B,)`` long in ``[0, num_qualities)`` (0 = lowest rate), or one int for the whole batch.
+
+How the parts fit (everything but the policy head and adapters is CompressAI):
+
+```
+y = g_a(x);  z = h_a(y);  z_hat = Q(z)                       EntropyBottleneck (factorized prior)
+mu, sigma = h_s(z_hat)                                      mean-scale hyperprior
+G = gain[quality][channel] * policy(mu, sigma, quality)     per-channel gain (Cui et al. gain units,
+                                                            as in compressai.latent_codecs.gain) times a
+                                                            spatial bit-allocation map from the policy head
+y_hat = mu + Q((y - mu) * G) / G                            GaussianConditional(scale = sigma * G)
+x_hat = g_s(y_hat)  with zero-initialised residual adapters after each synthesis stage
+task_input = x_hat + feature_head(x_hat)                    what the cloud segmenter is given
+```
+
+The policy map is computed from ``z_hat`` only, so the decoder rebuilds it exactly and no side information
+is sent. A larger gain means finer quantisation (more bits, less error) in that region.
+
+Parameter groups (selected by key prefix, see :data:`GROUP_PREFIXES`): ``base`` is the pretrained codec that
+every site holds; ``policy`` and ``adapters`` are the small adaptable subset that federated adaptation trains
+and exchanges. Trainable adaptable layers are plain Conv/Linear/GroupNorm so Opacus can compute per-sample
+gradients (it cannot for GDN or entropy models).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Iterable, Mapping, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from compressai.entropy_models import EntropyBottleneck, GaussianConditional
+from compressai.layers import GDN
+from compressai.models import CompressionModel
+from compressai.models.utils import conv, deconv
+
+from fedcodec.errors import DataError, UpdateRejectedError
+
+#: Key prefixes of the adaptable parameter groups; every other parameter is in ``base``.
+GROUP_PREFIXES: dict[str, tuple[str, ...]] = {
+    "policy": ("policy.",),
+    "adapters": ("adapters.", "feature_head."),
+}
+ADAPTABLE_GROUPS = ("policy", "adapters")
+ALL_GROUPS = ("base", *ADAPTABLE_GROUPS)
+
+
+def group_of(key: str) -> str:
+    """Return the parameter group (``base``, ``policy`` or ``adapters``) of a state-dict key."""
+    for group, prefixes in GROUP_PREFIXES.items():
+        if key.startswith(prefixes):
+            return group
+    return "base"
+
+
+def _ste_round(x: torch.Tensor) -> torch.Tensor:
+    """Round in the forward pass, identity gradient in the backward pass."""
+    return x + (torch.round(x) - x).detach()
+
+
+class PolicyHead(nn.Module):
+    """Bit-allocation policy: a spatial log-gain map over the latent, from decoder-side information.
+
+    Input: hyperprior means and scales ``(B, 2M, h, w)`` and the quality index ``(B,)``.
+    Output: gain map ``(B, 1, h, w)`` in ``[exp(-max_log_gain), exp(max_log_gain)]``; exactly 1 at
+    initialisation (the last conv is zero-initialised), so a fresh head does not change the base codec.
+    """
+
+    def __init__(self, latent_channels: int, num_qualities: int, hidden: int = 24,
+                 max_log_gain: float = math.log(4.0)) -> None:
+        super().__init__()
+        self.max_log_gain = max_log_gain
+        self.inp = nn.Conv2d(2 * latent_channels, hidden, 1)
+        self.quality = nn.Linear(num_qualities, 2 * hidden)  # FiLM from the one-hot quality
+        self.norm = nn.GroupNorm(4, hidden)
+        self.mid = nn.Conv2d(hidden, hidden, 3, padding=1)
+        self.out = nn.Conv2d(hidden, 1, 3, padding=1)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+        self.num_qualities = num_qualities
+
+    def forward(self, means: torch.Tensor, scales: torch.Tensor, quality: torch.Tensor) -> torch.Tensor:
+        # log(scales) keeps the input well scaled over the whole rate range.
+        h = self.inp(torch.cat([means, torch.log(scales.clamp_min(0.11))], dim=1))
+        film = self.quality(F.one_hot(quality, self.num_qualities).to(h.dtype))
+        gamma, beta = film[:, :, None, None].chunk(2, dim=1)
+        h = F.relu(self.norm(h) * (1 + gamma) + beta)
+        h = F.relu(self.mid(h))
+        return torch.exp(self.max_log_gain * torch.tanh(self.out(h)))
+
+
+class ResidualAdapter(nn.Module):
+    """Low-rank residual 1x1 adapter ``h + up(act(down(h)))``; ``up`` is zero-initialised (identity at start)."""
+
+    def __init__(self, channels: int, rank: int = 8) -> None:
+        super().__init__()
+        self.down = nn.Conv2d(channels, rank, 1)
+        self.up = nn.Conv2d(rank, channels, 1)
+        nn.init.zeros_(self.up.weight)
+        nn.init.zeros_(self.up.bias)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return h + self.up(F.gelu(self.down(h)))
+
+
+class FeatureHead(nn.Module):
+    """Light residual image-space head in front of the task network (Liu et al.'s feature reconstruction).
+
+    ``(B, 1, H, W) -> (B, 1, H, W)``; identity at initialisation.
+    """
+
+    def __init__(self, hidden: int = 16) -> None:
+        super().__init__()
+        self.inp = nn.Conv2d(1, hidden, 3, padding=1)
+        self.out = nn.Conv2d(hidden, 1, 3, padding=1)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, x_hat: torch.Tensor) -> torch.Tensor:
+        return x_hat + self.out(F.gelu(self.inp(x_hat)))
+
+
+class SemanticCodec(CompressionModel):
+    """Variable-rate semantic image codec for 1-channel images.
+
+    Args:
+        N: channels of the transforms and of the hyper-latent ``z``.
+        M: channels of the latent ``y``.
+        num_qualities: number of rate points one model covers (quality 0 = lowest rate).
+        adapter_rank: rank of the synthesis adapters.
+        policy_hidden: width of the policy head.
+        gain_range: initial per-channel gains of the lowest and highest quality (geometric in between).
+    """
+
+    multiple = 64  # g_a downsamples by 16 and h_a by 4 more
+
+    def __init__(self, N: int = 48, M: int = 64, num_qualities: int = 8, adapter_rank: int = 8,
+                 policy_hidden: int = 24, gain_range: tuple[float, float] = (0.25, 2.0)) -> None:
+        super().__init__()
+        self.config = dict(N=N, M=M, num_qualities=num_qualities, adapter_rank=adapter_rank,
+                           policy_hidden=policy_hidden, gain_range=list(gain_range))
+        self.N, self.M, self.num_qualities = N, M, num_qualities
+        self.g_a = nn.Sequential(conv(1, N), GDN(N), conv(N, N), GDN(N), conv(N, N), GDN(N), conv(N, M))
+        # Synthesis in stages so that adapters can sit between them.
+        self.g_s = nn.ModuleList([
+            nn.Sequential(deconv(M, N), GDN(N, inverse=True)),
+            nn.Sequential(deconv(N, N), GDN(N, inverse=True)),
+            nn.Sequential(deconv(N, N), GDN(N, inverse=True)),
+            deconv(N, 1),
+        ])
+        self.h_a = nn.Sequential(conv(M, N, stride=1, kernel_size=3), nn.LeakyReLU(inplace=True),
+                                 conv(N, N), nn.LeakyReLU(inplace=True), conv(N, N))
+        self.h_s = nn.Sequential(deconv(N, M), nn.LeakyReLU(inplace=True),
+                                 deconv(M, M * 3 // 2), nn.LeakyReLU(inplace=True),
+                                 conv(M * 3 // 2, M * 2, stride=1, kernel_size=3))
+        self.entropy_bottleneck = EntropyBottleneck(N)
+        self.gaussian_conditional = GaussianConditional(None)
+        lo, hi = gain_range
+        log_gains = torch.linspace(math.log(lo), math.log(hi), num_qualities)
+        # Per-quality, per-channel log-gains (Cui et al. gain units), part of the base codec.
+        self.log_gain = nn.Parameter(log_gains[:, None].repeat(1, M).clone())
+        self.policy = PolicyHead(M, num_qualities, hidden=policy_hidden)
+        self.adapters = nn.ModuleList([ResidualAdapter(N, adapter_rank) for _ in range(3)])
+        self.feature_head = FeatureHead()
+
+    # ------------------------------------------------------------------ building blocks
+    def _quality_tensor(self, quality: int | torch.Tensor, batch: int, device: torch.device) -> torch.Tensor:
+        q = torch.as_tensor(quality, device=device, dtype=torch.long)
+        if q.ndim == 0:
+            q = q.expand(batch)
+        if q.shape != (batch,):
+            raise DataError(f"quality must be an int or a ({batch},) tensor, got shape {tuple(q.shape)}")
+        if int(q.min()) < 0 or int(q.max()) >= self.num_qualities:
+            raise DataError(f"quality must lie in [0, {self.num_qualities - 1}], got {q.tolist()}")
+        return q
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        if x.ndim != 4 or x.shape[1] != 1:
+            raise DataError(f"expected a (B, 1, H, W) image tensor, got shape {tuple(x.shape)}")
+        if not x.is_floating_point():
+            raise DataError(f"expected a float image tensor in [0, 1], got dtype {x.dtype}")
+        if x.shape[-1] % self.multiple or x.shape[-2] % self.multiple:
+            raise DataError(f"H and W must be multiples of {self.multiple} (pad first), got {tuple(x.shape[-2:])}")
+        if not torch.isfinite(x).all():
+            raise DataError("the image contains NaN or infinite values")
+
+    def gains(self, z_hat: torch.Tensor, quality: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Decoder-side quantities from ``z_hat``: means, scales and the total gain ``G`` (all ``(B, M, h, w)``)."""
+        means, scales = self.h_s(z_hat).chunk(2, dim=1)
+        scales = scales.abs().clamp_min(0.11)  # GaussianConditional's lower scale bound
+        channel_gain = torch.exp(self.log_gain[quality])[:, :, None, None]
+        spatial_gain = self.policy(means, scales, quality)
+        return means, scales, channel_gain * spatial_gain
+
+    def synthesize(self, y_hat: torch.Tensor) -> torch.Tensor:
+        """``g_s`` with adapters: ``(B, M, h, w) -> (B, 1, 16h, 16w)``."""
+        h = y_hat
+        for stage, adapter in zip(self.g_s[:-1], self.adapters):
+            h = adapter(stage(h))
+        return self.g_s[-1](h)
+
+    def task_input(self, x_hat: torch.Tensor) -> torch.Tensor:
+        """The image the cloud task network sees: ``x_hat`` through the feature head."""
+        return self.feature_head(x_hat)
+
+    def _z_hat(self, z: torch.Tensor, noisy: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        _, z_likelihoods = self.entropy_bottleneck(z, training=noisy)
+        medians = self.entropy_bottleneck._get_medians()
+        # The synthesis path always sees rounded values (straight-through), as at decode time.
+        return _ste_round(z - medians) + medians, z_likelihoods
+
+    # ------------------------------------------------------------------ forward (training and exact eval)
+    def forward(self, x: torch.Tensor, quality: int | torch.Tensor, noisy: bool | None = None) -> dict:
+        """Differentiable pass.
+
+        Args:
+            x: ``(B, 1, H, W)`` float in [0, 1].
+            quality: int or ``(B,)`` long tensor.
+            noisy: rate term from uniform-noise likelihoods (training) when True; defaults to
+                ``self.training``. The reconstruction always uses rounded latents (straight-through),
+                so in eval mode ``x_hat`` equals what :meth:`decompress` produces.
+
+        Returns:
+            ``{"x_hat": (B,1,H,W), "likelihoods": {"y", "z"}, "gain": (B,M,h,w)}``.
+        """
+        self._check_input(x)
+        noisy = self.training if noisy is None else noisy
+        q = self._quality_tensor(quality, x.shape[0], x.device)
+        y = self.g_a(x)
+        z = self.h_a(y)
+        z_hat, z_likelihoods = self._z_hat(z, noisy)
+        means, scales, gain = self.gains(z_hat, q)
+        centred = (y - means) * gain
+        _, y_likelihoods = self.gaussian_conditional(centred, scales * gain, training=noisy)
+        # Value round((y-mu)G)/G + mu; the detached residual divided by G keeps a gradient w.r.t. G
+        # (a plain straight-through round would make x_hat independent of G, see research/codecs.md 2.2).
+        y_hat = y + (torch.round(centred) - centred).detach() / gain
+        x_hat = self.synthesize(y_hat)
+        return {"x_hat": x_hat, "likelihoods": {"y": y_likelihoods, "z": z_likelihoods}, "gain": gain}
+
+    # ------------------------------------------------------------------ real entropy coding
+    @torch.no_grad()
+    def compress(self, x: torch.Tensor, quality: int) -> dict:
+        """Entropy-code ``x`` ``(B, 1, H, W)`` at one quality.
+
+        Returns ``{"strings": [y_strings, z_strings], "shape": (h_z, w_z)}`` with one ``bytes`` per image in
+        each list. :meth:`update` must have been called after the last parameter change.
+        """
+        self._check_input(x)
+        q = self._quality_tensor(quality, x.shape[0], x.device)
+        y = self.g_a(x)
+        z = self.h_a(y)
+        z_strings = self.entropy_bottleneck.compress(z)
+        z_hat = self.entropy_bottleneck.decompress(z_strings, z.shape[-2:])
+        means, scales, gain = self.gains(z_hat, q)
+        indexes = self.gaussian_conditional.build_indexes(scales * gain)
+        y_strings = self.gaussian_conditional.compress((y - means) * gain, indexes)
+        return {"strings": [y_strings, z_strings], "shape": tuple(z.shape[-2:])}
+
+    @torch.no_grad()
+    def decompress(self, strings: Sequence[Sequence[bytes]], shape: tuple[int, int], quality: int) -> dict:
+        """Inverse of :meth:`compress`: returns ``{"x_hat": (B, 1, 64*h_z, 64*w_z)}`` (not clamped)."""
+        z_hat = self.entropy_bottleneck.decompress(strings[1], shape)
+        q = self._quality_tensor(quality, z_hat.shape[0], z_hat.device)
+        means, scales, gain = self.gains(z_hat, q)
+        indexes = self.gaussian_conditional.build_indexes(scales * gain)
+        centred_hat = self.gaussian_conditional.decompress(strings[0], indexes, dtype=z_hat.dtype)
+        return {"x_hat": self.synthesize(means + centred_hat / gain)}
+
+    # ------------------------------------------------------------------ parameter groups
+    def group_state_dict(self, groups: Iterable[str] = ADAPTABLE_GROUPS) -> dict[str, torch.Tensor]:
+        """Float parameters of the named groups, detached copies in a stable key order."""
+        groups = _check_groups(groups)
+        return {k: p.detach().clone() for k, p in self.named_parameters() if group_of(k) in groups}
+
+    def load_group_state_dict(self, state: Mapping[str, torch.Tensor],
+                              groups: Iterable[str] = ADAPTABLE_GROUPS) -> None:
+        """Load exactly the parameters of ``groups`` from ``state``.
+
+        Raises :class:`UpdateRejectedError` on a missing or unexpected key, a shape or dtype mismatch or a
+        non-finite value; nothing is changed in that case.
+        """
+        groups = _check_groups(groups)
+        own = {k: p for k, p in self.named_parameters() if group_of(k) in groups}
+        missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+        if missing or unexpected:
+            raise UpdateRejectedError(f"parameter subset does not match groups {groups}: "
+                                      f"missing {missing[:5]}, unexpected {unexpected[:5]}")
+        for key, value in state.items():
+            value = torch.as_tensor(value)
+            if tuple(value.shape) != tuple(own[key].shape):
+                raise UpdateRejectedError(f"{key}: shape {tuple(value.shape)}, expected {tuple(own[key].shape)}")
+            if not value.is_floating_point():
+                raise UpdateRejectedError(f"{key}: dtype {value.dtype}, expected a floating-point tensor")
+            if not torch.isfinite(value).all():
+                raise UpdateRejectedError(f"{key}: contains NaN or infinite values")
+        with torch.no_grad():
+            for key, value in state.items():
+                own[key].copy_(torch.as_tensor(value).to(own[key].dtype))
+
+    def set_trainable(self, groups: Iterable[str]) -> list[nn.Parameter]:
+        """Freeze everything except ``groups``; returns the trainable parameters.
+
+        The entropy bottleneck's quantiles are never trained here (they are fitted by :meth:`aux_loss`).
+        """
+        groups = _check_groups(groups)
+        trainable = []
+        for key, p in self.named_parameters():
+            p.requires_grad_(group_of(key) in groups and not key.endswith(".quantiles"))
+            if p.requires_grad:
+                trainable.append(p)
+        return trainable
+
+    def parameter_counts(self) -> dict[str, int]:
+        """Number of parameters per group and in total."""
+        counts = {g: 0 for g in ALL_GROUPS}
+        for key, p in self.named_parameters():
+            counts[group_of(key)] += p.numel()
+        counts["total"] = sum(counts[g] for g in ALL_GROUPS)
+        return counts
+
+    def identity_hash(self, groups: Iterable[str] = ALL_GROUPS) -> str:
+        """SHA-256 (hex) over the named groups' parameters: ``base`` identifies the pretrained codec a site
+        must hold; all groups identify the exact model a bitstream needs."""
+        groups = _check_groups(groups)
+        h = hashlib.sha256(repr(sorted(self.config.items())).encode())
+        for key, p in self.named_parameters():
+            if group_of(key) in groups:
+                h.update(key.encode())
+                h.update(p.detach().cpu().contiguous().to(torch.float32).numpy().tobytes())
+        return h.hexdigest()
+
+
+def _check_groups(groups: Iterable[str]) -> tuple[str, ...]:
+    groups = (groups,) if isinstance(groups, str) else tuple(groups)
+    unknown = [g for g in groups if g not in ALL_GROUPS]
+    if unknown or not groups:
+        raise ValueError(f"unknown parameter groups {unknown}; choose from {ALL_GROUPS}")
+    return groups
+
+
+def pad_to_multiple(x: torch.Tensor, multiple: int = SemanticCodec.multiple) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Replicate-pad ``(B, C, H, W)`` on the bottom/right to multiples of ``multiple``; returns the original size."""
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % multiple, (-w) % multiple
+    if ph or pw:
+        x = F.pad(x, (0, pw, 0, ph), mode="replicate")
+    return x, (h, w)
+
+
+def bits_per_pixel(likelihoods: Mapping[str, torch.Tensor], num_pixels: int) -> torch.Tensor:
+    """Estimated rate ``(B,)`` in bits per pixel from likelihood tensors."""
+    total = sum(torch.log2(lk).flatten(1).sum(1) for lk in likelihoods.values())
+    return -total / num_pixels

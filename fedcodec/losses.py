@@ -1,0 +1,108 @@
+"""Training objective of the semantic codec.
+
+``loss = bpp + w[q] * (lambda_d * 255^2 * MSE(x_hat, x) + lambda_t * DiceCE(task(task_input(x_hat)), mask)
+                        + lambda_adv * adversarial)``
+
+- ``bpp`` is estimated from the entropy models' likelihoods (the real bitstream is within about 1 % of it);
+- the task term is the frozen task network's Dice + cross-entropy on the decoded image (MVMICNet,
+  Liu et al.); the task network is never updated by this loss;
+- ``w[q]`` is a per-quality multiplier, so one variable-rate model learns a whole rate-task curve
+  (quality 0 = lowest rate = smallest multiplier);
+- the optional adversarial term is Liu et al.'s label-map discriminator: it asks the task network's label map
+  on the decoded image to be indistinguishable from the ground-truth label map.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from fedcodec.codec import bits_per_pixel
+from fedcodec.task_net import foreground_probability, segmentation_loss
+
+
+def default_quality_weights(num_qualities: int, low: float = 0.06, high: float = 8.0) -> list[float]:
+    """Geometric per-quality multipliers from ``low`` (quality 0) to ``high`` (last quality)."""
+    if num_qualities == 1:
+        return [math.sqrt(low * high)]
+    ratio = (high / low) ** (1 / (num_qualities - 1))
+    return [low * ratio**i for i in range(num_qualities)]
+
+
+@dataclass
+class LossWeights:
+    """Weights of the objective; ``quality_weights`` has one entry per quality (empty = default)."""
+
+    lambda_d: float = 2e-4
+    lambda_t: float = 1.0
+    lambda_adv: float = 0.0
+    quality_weights: list[float] = field(default_factory=list)
+
+
+class LabelMapDiscriminator(nn.Module):
+    """Patch discriminator on (image, foreground label map) pairs ``(B, 2, H, W)`` -> logits ``(B, 1, H/8, W/8)``."""
+
+    def __init__(self, hidden: int = 32) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv2d(2, hidden, 4, 2, 1), nn.LeakyReLU(0.2),
+            nn.Conv2d(hidden, hidden * 2, 4, 2, 1), nn.GroupNorm(8, hidden * 2), nn.LeakyReLU(0.2),
+            nn.Conv2d(hidden * 2, hidden * 2, 4, 2, 1), nn.GroupNorm(8, hidden * 2), nn.LeakyReLU(0.2),
+            nn.Conv2d(hidden * 2, 1, 3, 1, 1),
+        )
+
+    def forward(self, image: torch.Tensor, label_map: torch.Tensor) -> torch.Tensor:
+        return self.net(torch.cat([image, label_map], dim=1))
+
+    def loss(self, image: torch.Tensor, real_map: torch.Tensor, fake_map: torch.Tensor) -> torch.Tensor:
+        """Discriminator loss (real = ground truth, fake = label map of the decoded image, detached)."""
+        real = self(image, real_map)
+        fake = self(image, fake_map.detach())
+        return (F.binary_cross_entropy_with_logits(real, torch.ones_like(real))
+                + F.binary_cross_entropy_with_logits(fake, torch.zeros_like(fake)))
+
+
+class SemanticLoss(nn.Module):
+    """Rate + weighted distortion + task (+ adversarial) loss; see the module docstring.
+
+    ``forward(out, x, mask, quality, task_net, codec)`` returns a dict of scalars (``loss``, ``bpp``,
+    ``mse``, ``task``, ``adv``) and ``per_sample`` ``(B,)`` losses.
+    """
+
+    def __init__(self, weights: LossWeights, num_qualities: int,
+                 discriminator: LabelMapDiscriminator | None = None) -> None:
+        super().__init__()
+        qw = weights.quality_weights or default_quality_weights(num_qualities)
+        if len(qw) != num_qualities:
+            raise ValueError(f"need {num_qualities} quality weights, got {len(qw)}")
+        self.weights = weights
+        self.register_buffer("quality_weights", torch.tensor(qw, dtype=torch.float32))
+        self.discriminator = discriminator
+
+    def forward(self, out: dict, x: torch.Tensor, mask: torch.Tensor | None, quality: torch.Tensor,
+                task_net: nn.Module | None, codec: nn.Module) -> dict:
+        b = x.shape[0]
+        bpp = bits_per_pixel(out["likelihoods"], x.shape[-2] * x.shape[-1])
+        mse = (out["x_hat"] - x).pow(2).flatten(1).mean(1)
+        w = self.quality_weights[torch.as_tensor(quality, device=x.device).expand(b)]
+        weighted = self.weights.lambda_d * 255**2 * mse
+        task = torch.zeros_like(mse)
+        adv = torch.zeros_like(mse)
+        if self.weights.lambda_t > 0 or self.weights.lambda_adv > 0:
+            if task_net is None or mask is None:
+                raise ValueError("the task and adversarial terms need a task network and masks")
+            logits = task_net(codec.task_input(out["x_hat"]))
+            task = segmentation_loss(logits, mask)
+            weighted = weighted + self.weights.lambda_t * task
+            if self.weights.lambda_adv > 0 and self.discriminator is not None:
+                fake = self.discriminator(x, foreground_probability(logits))
+                adv = F.binary_cross_entropy_with_logits(fake, torch.ones_like(fake), reduction="none")
+                adv = adv.flatten(1).mean(1)
+                weighted = weighted + self.weights.lambda_adv * adv
+        per_sample = bpp + w * weighted
+        return {"loss": per_sample.mean(), "per_sample": per_sample, "bpp": bpp.mean(), "mse": mse.mean(),
+                "task": task.mean(), "adv": adv.mean()}
