@@ -1,0 +1,367 @@
+"""The ``fedcodec`` command line.
+
+Commands (``fedcodec COMMAND --help`` for every flag):
+
+- ``phantoms``   write synthetic angiography phantoms (with exact masks) for a hospital in the folder layout
+- ``task-train`` train the (cloud) segmentation network on uncompressed images
+- ``pretrain``   train the semantic codec end to end (task network first unless ``--task`` is given)
+- ``adapt``      few-shot adaptation of the adaptable subset on K annotated samples of one site
+- ``evaluate``   rate-task curves from real bitstreams (+ anchors, BD-rate, latency model)
+- ``encode`` / ``decode``  a real bitstream from / to an image (PNG, TIFF, DICOM in; PNG out)
+- ``export``     merge an adapted parameter subset (e.g. a federated checkpoint) into a codec file
+- ``info``       parameter groups, adaptable fraction and identity hashes of a codec
+
+``--model`` and ``--task`` default to the embedded default shipped inside the package. Errors caused by the
+input are printed as one line (``fedcodec: error: ...``) with exit status 2; nothing existing is overwritten
+without ``--overwrite``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("fedcodec")
+
+QUALITY_HELP = "quality 1 (lowest rate) to the codec's number of qualities (8 for the default)"
+
+
+def _add_model(p: argparse.ArgumentParser, task: bool = False) -> None:
+    p.add_argument("--model", default=None, help="codec file (default: the embedded default)")
+    if task:
+        p.add_argument("--task", default=None, help="TorchScript task network (default: the embedded default)")
+
+
+def _add_overwrite(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from fedcodec.adapt import AdaptConfig
+    from fedcodec.pretrain import PretrainConfig
+
+    parser = argparse.ArgumentParser(prog="fedcodec", description="Diagnosis-oriented learned medical image "
+                                     "compression with federated few-shot adaptation.")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("phantoms", help="write synthetic angiography phantoms with masks")
+    p.add_argument("--out", required=True, help="output folder (DIR/images, DIR/masks)")
+    p.add_argument("--n", type=int, default=16, help="number of images")
+    p.add_argument("--hospital", type=int, default=0, help="0 = source domain; 1.. = domain-shifted hospitals")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--size", type=int, default=256)
+    _add_overwrite(p)
+
+    p = sub.add_parser("task-train", help="train the segmentation (task) network on uncompressed images")
+    p.add_argument("--data", required=True, help="data folder with masks")
+    p.add_argument("--out", required=True, help="output TorchScript file")
+    p.add_argument("--steps", type=int, default=PretrainConfig.task_steps)
+    p.add_argument("--seed", type=int, default=0)
+    _add_overwrite(p)
+
+    d = PretrainConfig()
+    p = sub.add_parser("pretrain", help="train the semantic codec (and the task network unless --task)")
+    p.add_argument("--out", required=True, help="output folder: codec.pt, task.pt, pretrain.json, metrics.csv")
+    p.add_argument("--task", default=None, help="use this TorchScript task network instead of training one")
+    for name in ("steps", "batch_size", "crop", "images", "image_size", "hospital", "seed", "N", "M",
+                 "num_qualities", "task_steps"):
+        p.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(d, name), dest=name)
+    p.add_argument("--lambda-adv", type=float, default=d.lambda_adv, help="label-map discriminator weight")
+    p.add_argument("--mse", action="store_true", help="train an MSE codec (no task loss) as a baseline")
+    _add_overwrite(p)
+
+    a = AdaptConfig()
+    p = sub.add_parser("adapt", help="few-shot adaptation of the policy head and adapters on one site's samples")
+    _add_model(p, task=True)
+    p.add_argument("--data", required=True, help="data folder with masks (the site's annotated samples)")
+    p.add_argument("--shots", type=int, required=True, help="number of annotated samples K (1 to 8)")
+    p.add_argument("--out", required=True, help="output codec file (a .json with config and metrics is written beside)")
+    p.add_argument("--steps", type=int, default=a.steps)
+    p.add_argument("--lr", type=float, default=a.lr)
+    p.add_argument("--groups", default=",".join(a.groups), help="parameter groups to train")
+    p.add_argument("--lambda-d", type=float, default=a.lambda_d)
+    p.add_argument("--lambda-t", type=float, default=a.lambda_t)
+    p.add_argument("--seed", type=int, default=a.seed)
+    p.add_argument("--dp-noise", type=float, default=0.0, help="Opacus DP-SGD noise multiplier (0 = no DP)")
+    p.add_argument("--dp-clip", type=float, default=1.0, help="Opacus per-sample clipping norm")
+    p.add_argument("--dp-delta", type=float, default=1e-5)
+    _add_overwrite(p)
+
+    p = sub.add_parser("evaluate", help="rate-task curves from real bitstreams")
+    _add_model(p, task=True)
+    p.add_argument("--data", required=True, help="data folder with masks")
+    p.add_argument("--out", required=True, help="output folder: results.json, report.md, rate_dice.png")
+    p.add_argument("--anchors", default="", help="comma-separated anchor codecs, e.g. hevc,jpeg2000,jpeg,webp,avif")
+    p.add_argument("--compare", action="append", default=[], metavar="NAME=PATH",
+                   help="another codec file to evaluate beside --model (repeatable)")
+    p.add_argument("--limit", type=int, default=None, help="use at most this many images")
+    p.add_argument("--bandwidth", type=float, default=None, help="link bandwidth in Mbit/s for the latency model")
+    p.add_argument("--study-images", type=int, default=100, help="images per study for the latency model")
+    _add_overwrite(p)
+
+    p = sub.add_parser("encode", help="encode an image (PNG, TIFF, DICOM) to a fedcodec bitstream")
+    _add_model(p)
+    p.add_argument("--quality", type=int, default=4, help=QUALITY_HELP)
+    p.add_argument("input")
+    p.add_argument("output")
+    _add_overwrite(p)
+
+    p = sub.add_parser("decode", help="decode a fedcodec bitstream to a PNG")
+    _add_model(p)
+    p.add_argument("--task-ready", action="store_true", help="write the image the task network sees "
+                   "(after the codec's feature head) instead of the reconstruction")
+    p.add_argument("input")
+    p.add_argument("output")
+    _add_overwrite(p)
+
+    p = sub.add_parser("export", help="merge an adapted parameter subset into a codec file")
+    _add_model(p)
+    p.add_argument("--subset", required=True, help="torch file with the subset (a state dict of policy/adapter "
+                   "parameters, e.g. a federated checkpoint)")
+    p.add_argument("--out", required=True, help="output codec file")
+    _add_overwrite(p)
+
+    p = sub.add_parser("info", help="describe a codec file")
+    _add_model(p)
+    return parser
+
+
+# ---------------------------------------------------------------------------------------------------- commands
+def cmd_phantoms(args: argparse.Namespace) -> None:
+    from fedcodec.data import make_phantoms, write_folder
+
+    if args.n < 1:
+        raise _usage("--n must be at least 1")
+    samples = make_phantoms(args.n, seed=args.seed, size=args.size, hospital=args.hospital)
+    write_folder(samples, args.out, overwrite=args.overwrite)
+    print(f"wrote {len(samples)} phantoms of hospital {args.hospital} to {args.out}")
+
+
+def cmd_task_train(args: argparse.Namespace) -> None:
+    import numpy as np
+
+    from fedcodec.data import load_folder, normalize
+    from fedcodec.evaluate import uncompressed_dice
+    from fedcodec.model_io import check_new_output, save_task, write_json
+    from fedcodec.task_net import train_task_network
+
+    out = check_new_output(args.out, args.overwrite)
+    samples = load_folder(args.data)
+    shapes = {s.image.shape for s in samples}
+    if len(shapes) != 1 or min(next(iter(shapes))) < 128:
+        raise _usage(f"task-train needs images of one size, at least 128x128; got {sorted(shapes)[:3]}")
+    images = np.stack([normalize(s.image, s.window) for s in samples])
+    masks = np.stack([s.mask for s in samples])
+    start = time.perf_counter()
+    net = train_task_network(images, masks, steps=args.steps, seed=args.seed)
+    save_task(net, out, overwrite=True)
+    record = {"data": str(args.data), "steps": args.steps, "seed": args.seed, "images": len(samples),
+              "seconds": round(time.perf_counter() - start, 1),
+              "train_dice_uncompressed": uncompressed_dice(net, samples)}
+    write_json(out.with_suffix(out.suffix + ".json"), record)
+    print(f"task network -> {out} (Dice on its training images {record['train_dice_uncompressed']:.3f})")
+
+
+def cmd_pretrain(args: argparse.Namespace) -> None:
+    from fedcodec.model_io import load_task
+    from fedcodec.pretrain import PretrainConfig, pretrain
+
+    fields = ("steps", "batch_size", "crop", "images", "image_size", "hospital", "seed", "N", "M",
+              "num_qualities", "task_steps", "lambda_adv")
+    config = PretrainConfig(**{k: getattr(args, k) for k in fields}, semantic=not args.mse)
+    task_net = load_task(args.task) if args.task else None
+    codec, _, summary = pretrain(config, args.out, task_net=task_net, overwrite=args.overwrite)
+    counts = summary["parameter_counts"]
+    print(f"codec -> {Path(args.out) / 'codec.pt'}: {counts['total']:,} parameters, adaptable fraction "
+          f"{summary['adaptable_fraction']:.2%}, {summary['seconds_total'] / 60:.1f} min")
+
+
+def cmd_adapt(args: argparse.Namespace) -> None:
+    from fedcodec.adapt import AdaptConfig, DPConfig, adapt, config_dict
+    from fedcodec.data import load_folder
+    from fedcodec.model_io import check_new_output, load_codec, load_task, save_codec, write_json
+
+    if not 1 <= args.shots <= 64:
+        raise _usage(f"--shots must be between 1 and 64 (1 to 8 is the intended range), got {args.shots}")
+    out = check_new_output(args.out, args.overwrite)
+    codec, task_net = load_codec(args.model), load_task(args.task)
+    samples = load_folder(args.data, limit=args.shots)
+    if len(samples) < args.shots:
+        log.warning("only %d annotated samples in %s (asked for %d)", len(samples), args.data, args.shots)
+    dp = DPConfig(args.dp_noise, args.dp_clip, args.dp_delta) if args.dp_noise > 0 else None
+    config = AdaptConfig(steps=args.steps, lr=args.lr, groups=tuple(g for g in args.groups.split(",") if g),
+                         lambda_d=args.lambda_d, lambda_t=args.lambda_t, seed=args.seed, dp=dp)
+    base_id = codec.identity_hash(["base"])
+    result = adapt(codec, task_net, samples, config, progress=True)
+    if codec.identity_hash(["base"]) != base_id:  # adapt checks this too; a second look costs a millisecond
+        raise RuntimeError("base codec changed during adaptation")
+    record = {"command": "adapt", "model": args.model or "embedded default", "task": args.task or "embedded default",
+              "data": str(args.data), "samples": [s.name for s in samples], "config": config_dict(config),
+              "metrics": result.metrics, "base_id": base_id}
+    save_codec(codec, out, meta={"adapt": record}, overwrite=True)
+    write_json(out.with_suffix(out.suffix + ".json"), {**record, "model_id": codec.identity_hash()})
+    eps = f", epsilon {result.metrics['epsilon']:.2f}" if dp else ""
+    print(f"adapted codec -> {out} ({len(samples)} shots, {args.steps} steps, "
+          f"{result.metrics['seconds']:.1f} s{eps})")
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from fedcodec.data import load_folder
+    from fedcodec.evaluate import evaluate, write_report
+    from fedcodec.model_io import load_codec, load_task
+
+    out = Path(args.out)
+    if (out / "results.json").exists() and not args.overwrite:
+        from fedcodec.errors import OutputExistsError
+
+        raise OutputExistsError(f"{out / 'results.json'} exists already; choose another --out or pass --overwrite")
+    codec, task_net = load_codec(args.model), load_task(args.task)
+    extra = {}
+    for item in args.compare:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise _usage(f"--compare takes NAME=PATH, got {item!r}")
+        extra[name] = load_codec(path)
+    samples = load_folder(args.data, limit=args.limit)
+    anchors = [a.strip() for a in args.anchors.split(",") if a.strip()]
+    if anchors:
+        from fedcodec.anchors import get_anchor
+
+        for a in anchors:
+            get_anchor(a)  # fail before the long run on an unknown or unavailable anchor
+    start = time.perf_counter()
+    results = evaluate(codec, task_net, samples, anchors=anchors, extra_codecs=extra, bandwidth_mbps=args.bandwidth,
+                       study_images=args.study_images, progress=log.info)
+    results.update({"title": f"Rate-task evaluation on {Path(args.data).name}", "data": str(args.data),
+                    "model": args.model or "embedded default", "task": args.task or "embedded default",
+                    "seconds": round(time.perf_counter() - start, 1)})
+    paths = write_report(results, out)
+    from fedcodec.evaluate import markdown_report
+
+    print(markdown_report(results))
+    print(f"results -> {paths['json']}, {paths['markdown']}, {paths['plot']}")
+
+
+def cmd_encode(args: argparse.Namespace) -> None:
+    from fedcodec.coding import encode_image
+    from fedcodec.data import read_image
+    from fedcodec.model_io import atomic_write_bytes, check_new_output, load_codec
+
+    out = check_new_output(args.output, args.overwrite)
+    image, bit_depth, window = read_image(args.input)
+    codec = load_codec(args.model)
+    if not 1 <= args.quality <= codec.num_qualities:
+        raise _usage(f"--quality must be 1..{codec.num_qualities}, got {args.quality}")
+    enc = encode_image(codec, image, args.quality - 1, window)
+    atomic_write_bytes(out, enc.data)
+    print(f"{args.input} ({image.shape[1]}x{image.shape[0]}, {bit_depth}-bit) -> {out}: {len(enc.data)} bytes, "
+          f"{enc.bpp:.4f} bpp at quality {args.quality}")
+
+
+def cmd_decode(args: argparse.Namespace) -> None:
+    import io
+
+    from PIL import Image
+
+    from fedcodec.coding import decode_image
+    from fedcodec.errors import BitstreamError
+    from fedcodec.model_io import atomic_write_bytes, check_new_output, load_codec
+
+    out = check_new_output(args.output, args.overwrite)
+    path = Path(args.input)
+    if not path.is_file():
+        raise BitstreamError(f"{path}: bitstream file not found")
+    data = path.read_bytes()
+    image, header = decode_image(load_codec(args.model), data, task_ready=args.task_ready)
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG")
+    atomic_write_bytes(out, buf.getvalue())
+    print(f"{path} -> {out} ({header.width}x{header.height}, {header.bit_depth}-bit, quality {header.quality + 1})")
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    import torch
+
+    from fedcodec.codec import ADAPTABLE_GROUPS, group_of
+    from fedcodec.errors import ModelFileError
+    from fedcodec.model_io import check_new_output, load_codec, save_codec
+
+    out = check_new_output(args.out, args.overwrite)
+    codec = load_codec(args.model)
+    try:
+        payload = torch.load(args.subset, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ModelFileError(f"{args.subset} is not a readable torch file ({type(exc).__name__}: {exc})") from exc
+    state = payload.get("state", payload) if isinstance(payload, dict) else None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ModelFileError(f"{args.subset} holds no state dict of tensors")
+    groups = sorted({group_of(k) for k in state})
+    if "base" in groups or not groups:
+        raise ModelFileError(f"{args.subset}: expected only adaptable parameters ({ADAPTABLE_GROUPS}), got groups {groups}")
+    codec.load_group_state_dict(state, groups)
+    save_codec(codec, out, meta={"export": {"base": args.model or "embedded default", "subset": str(args.subset),
+                                            "groups": groups}}, overwrite=True)
+    print(f"exported {out} (groups {', '.join(groups)}; model id {codec.identity_hash()[:12]})")
+
+
+def cmd_info(args: argparse.Namespace) -> None:
+    from fedcodec.model_io import DEFAULT_CODEC, load_codec, read_codec_file
+
+    codec = load_codec(args.model)
+    counts = codec.parameter_counts()
+    meta = read_codec_file(args.model or DEFAULT_CODEC).get("meta", {})
+    info: dict[str, Any] = {"config": codec.config, "parameters": counts,
+                            "adaptable_fraction": (counts["policy"] + counts["adapters"]) / counts["total"],
+                            "model_id": codec.identity_hash(), "base_id": codec.identity_hash(["base"]),
+                            "meta_keys": sorted(meta)}
+    print(json.dumps(info, indent=2))
+
+
+COMMANDS = {"phantoms": cmd_phantoms, "task-train": cmd_task_train, "pretrain": cmd_pretrain, "adapt": cmd_adapt,
+            "evaluate": cmd_evaluate, "encode": cmd_encode, "decode": cmd_decode, "export": cmd_export,
+            "info": cmd_info}
+
+
+class _UsageError(Exception):
+    pass
+
+
+def _usage(message: str) -> _UsageError:
+    return _UsageError(message)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``fedcodec`` console script; returns the exit status."""
+    import warnings
+
+    # Library deprecation notices (torch.jit, monai) are noise for a command-line user.
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=UserWarning, module="torch")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    from fedcodec.errors import FedcodecError
+
+    try:
+        COMMANDS[args.command](args)
+    except (FedcodecError, _UsageError) as exc:
+        print(f"fedcodec: error: {exc}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, IsADirectoryError, PermissionError) as exc:
+        print(f"fedcodec: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("fedcodec: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
