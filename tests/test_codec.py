@@ -1,0 +1,166 @@
+"""The codec: real entropy-coded round trips, parameter groups, the container."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import make_tiny_codec
+from fedcodec.bitstream import Header, pack, unpack
+from fedcodec.codec import SemanticCodec, group_of, pad_to_multiple
+from fedcodec.coding import decode_image, encode_image, model_id
+from fedcodec.data import make_phantoms
+from fedcodec.errors import BitstreamError, DataError, ModelMismatchError, UpdateRejectedError
+
+
+@pytest.fixture(scope="module")
+def codec():
+    return make_tiny_codec(0)
+
+
+@pytest.fixture(scope="module")
+def phantom():
+    return make_phantoms(1, seed=3, size=128, hospital=0)[0]
+
+
+def test_decoded_equals_quantized_forward(codec, phantom):
+    x = torch.from_numpy(phantom.image.astype(np.float32) / 255)[None, None]
+    for q in range(codec.num_qualities):
+        enc = codec.compress(x, q)
+        dec = codec.decompress(enc["strings"], enc["shape"], q)["x_hat"]
+        with torch.no_grad():
+            fwd = codec(x, q)["x_hat"]
+        assert torch.allclose(dec, fwd, atol=1e-4), f"quality {q}: max diff {(dec - fwd).abs().max()}"
+
+
+def test_bpp_falls_with_quality_and_matches_estimate(codec, phantom):
+    sizes = [len(encode_image(codec, phantom.image, q).data) for q in range(codec.num_qualities)]
+    assert all(a <= b for a, b in zip(sizes, sizes[1:])), sizes
+    assert sizes[0] < sizes[-1]
+    x = torch.from_numpy(phantom.image.astype(np.float32) / 255)[None, None]
+    with torch.no_grad():
+        out = codec(x, codec.num_qualities - 1)
+    est_bits = float(sum(-torch.log2(lk).sum() for lk in out["likelihoods"].values()))
+    real = codec.compress(x, codec.num_qualities - 1)
+    real_bits = 8 * (len(real["strings"][0][0]) + len(real["strings"][1][0]))
+    assert abs(real_bits - est_bits) < 0.1 * est_bits + 64
+
+
+def test_encode_decode_odd_size_and_16bit(codec):
+    rng = np.random.default_rng(0)
+    img16 = (rng.random((100, 150)) * 4000 + 1000).astype(np.uint16)
+    enc = encode_image(codec, img16, 2, window=(1000.0, 5000.0))
+    dec, header = decode_image(codec, enc.data)
+    assert dec.shape == (100, 150) and dec.dtype == np.uint16
+    assert header.window == (1000.0, 5000.0) and header.bit_depth == 16
+    assert enc.bpp == pytest.approx(8 * len(enc.data) / (100 * 150))
+    assert dec.min() >= 1000 and dec.max() <= 5000
+
+
+def test_policy_map_changes_the_bitstream(phantom):
+    codec = make_tiny_codec(0)
+    before = encode_image(codec, phantom.image, 1).data
+    with torch.no_grad():
+        codec.policy.out.bias.fill_(0.5)  # a uniform larger gain: finer quantisation
+    codec.update(force=True)
+    after = encode_image(codec, phantom.image, 1).data
+    assert len(after) > len(before)
+    dec, _ = decode_image(codec, after)  # the decoder rebuilds the same map from z_hat
+    assert dec.shape == phantom.image.shape
+
+
+def test_groups_and_adaptable_fraction():
+    codec = SemanticCodec()  # the default architecture
+    counts = codec.parameter_counts()
+    fraction = (counts["policy"] + counts["adapters"]) / counts["total"]
+    assert 0 < fraction <= 0.03
+    assert group_of("policy.inp.weight") == "policy"
+    assert group_of("adapters.0.up.weight") == "adapters" and group_of("feature_head.out.bias") == "adapters"
+    assert group_of("g_a.0.weight") == "base" and group_of("log_gain") == "base"
+    subset = codec.group_state_dict()
+    assert subset and all(group_of(k) in ("policy", "adapters") for k in subset)
+    assert all(v.is_floating_point() for v in subset.values())
+
+
+def test_load_group_state_dict_validates(codec):
+    good = codec.group_state_dict(["policy"])
+    key = next(iter(good))
+    bad_nan = {**good, key: torch.full_like(good[key], float("nan"))}
+    bad_shape = {**good, key: torch.zeros(3, 3)}
+    bad_dtype = {**good, key: good[key].to(torch.int64)}
+    missing = {k: v for k, v in good.items() if k != key}
+    extra = {**good, "g_a.0.weight": torch.zeros(1)}
+    snapshot = codec.identity_hash()
+    for bad, word in [(bad_nan, "NaN"), (bad_shape, "shape"), (bad_dtype, "dtype"), (missing, "missing"),
+                      (extra, "unexpected")]:
+        with pytest.raises(UpdateRejectedError, match=word):
+            codec.load_group_state_dict(bad, ["policy"])
+    assert codec.identity_hash() == snapshot  # nothing was half-loaded
+
+
+def test_identity_hash_tracks_groups():
+    codec = make_tiny_codec(0)
+    base, full = codec.identity_hash(["base"]), codec.identity_hash()
+    with torch.no_grad():
+        codec.adapters[0].up.weight.add_(0.1)
+    assert codec.identity_hash(["base"]) == base
+    assert codec.identity_hash() != full
+
+
+def test_input_checks(codec):
+    with pytest.raises(DataError, match="multiples of 64"):
+        codec(torch.zeros(1, 1, 100, 64), 0)
+    with pytest.raises(DataError, match="NaN"):
+        codec(torch.full((1, 1, 64, 64), float("nan")), 0)
+    with pytest.raises(DataError, match="quality"):
+        codec(torch.zeros(1, 1, 64, 64), 99)
+    with pytest.raises(DataError, match="uint8 or uint16"):
+        encode_image(codec, np.zeros((64, 64), np.float32), 0)
+    with pytest.raises(DataError, match="2-D"):
+        encode_image(codec, np.zeros((2, 64, 64), np.uint8), 0)
+    x, size = pad_to_multiple(torch.zeros(1, 1, 70, 130))
+    assert x.shape[-2:] == (128, 192) and size == (70, 130)
+
+
+# ------------------------------------------------------------------ container
+def _header(**kw):
+    base = dict(model_id=b"abcdef", height=300, width=200, bit_depth=8, window=(0.0, 255.0), quality=3)
+    return Header(**{**base, **kw})
+
+
+def test_container_round_trip_and_size():
+    data = pack(_header(), b"zz", b"yyyy")
+    header, z, y = unpack(data)
+    assert (z, y) == (b"zz", b"yyyy") and header == _header()
+    assert len(data) - 6 <= 22  # header + checksum overhead for an 8-bit image
+    h16 = _header(bit_depth=16, window=(-1024.0, 3071.0))
+    assert unpack(pack(h16, b"z", b"y"))[0] == h16
+
+
+def test_container_errors():
+    data = pack(_header(), b"zz", b"yyyy")
+    with pytest.raises(BitstreamError, match="magic"):
+        unpack(b"\x89PNG\r\n\x1a\n" + data)
+    with pytest.raises(BitstreamError, match="truncated|checksum"):
+        unpack(data[:-3])
+    with pytest.raises(BitstreamError, match="truncated"):
+        unpack(data[:12])
+    corrupt = bytearray(data)
+    corrupt[-6] ^= 0xFF
+    with pytest.raises(BitstreamError, match="checksum"):
+        unpack(bytes(corrupt))
+    version = bytearray(data)
+    version[3] = 9
+    with pytest.raises(BitstreamError, match="version 9"):
+        unpack(bytes(version))
+    with pytest.raises(ModelMismatchError, match="model"):
+        unpack(data, expected_model_id=b"zzzzzz")
+
+
+def test_bitstream_from_another_model(codec, phantom):
+    other = make_tiny_codec(1)
+    data = encode_image(other, phantom.image, 1).data
+    assert model_id(other) != model_id(codec)
+    with pytest.raises(ModelMismatchError):
+        decode_image(codec, data)

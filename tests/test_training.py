@@ -1,0 +1,145 @@
+"""Adaptation, the loss, pretraining and the task network, on tiny models."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from conftest import TINY_TASK_FEATURES, make_tiny_codec
+from fedcodec.adapt import AdaptConfig, DPConfig, adapt, samples_to_tensors
+from fedcodec.codec import group_of
+from fedcodec.data import make_phantoms
+from fedcodec.errors import DataError, ModelFileError
+from fedcodec.losses import LabelMapDiscriminator, LossWeights, SemanticLoss, default_quality_weights
+from fedcodec.model_io import load_codec, load_task
+from fedcodec.task_net import build_task_network, freeze, load_task_network
+
+
+@pytest.fixture(scope="module")
+def task_net(tiny_task_path):
+    return load_task(tiny_task_path)
+
+
+@pytest.fixture(scope="module")
+def shots():
+    return make_phantoms(2, seed=11, size=128, hospital=2)
+
+
+def test_adapt_changes_only_the_subset(task_net, shots):
+    codec = make_tiny_codec(0)
+    before = {k: v.clone() for k, v in codec.state_dict().items()}
+    result = adapt(codec, task_net, shots[:1], AdaptConfig(steps=4, lr=1e-2))
+    after = codec.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    trained = {k for k in changed if group_of(k) != "base"}
+    assert trained, "adaptation changed nothing"
+    # only adaptable parameters and the entropy coder's derived tables may differ
+    assert all(group_of(k) != "base" or k.endswith(("_quantized_cdf", "_offset", "_cdf_length")) for k in changed)
+    assert set(result.state) == set(codec.group_state_dict())
+    assert result.metrics["examples"] == 1 and result.metrics["epsilon"] == 0.0
+
+
+def test_adapt_policy_only_keeps_adapters(task_net, shots):
+    codec = make_tiny_codec(0)
+    adapters = codec.group_state_dict(["adapters"])
+    result = adapt(codec, task_net, shots, AdaptConfig(steps=3, groups=("policy",)))
+    assert all(torch.equal(adapters[k], v) for k, v in codec.group_state_dict(["adapters"]).items())
+    assert set(result.state) == set(codec.group_state_dict(["policy"]))
+
+
+def test_adapt_reduces_the_loss(task_net, shots):
+    codec = make_tiny_codec(0)
+    images, masks = samples_to_tensors(shots)
+    loss_fn = SemanticLoss(LossWeights(), codec.num_qualities)
+
+    def loss() -> float:
+        with torch.no_grad():
+            out = codec(images, 1)
+            return float(loss_fn(out, images, masks, torch.tensor([1, 1]), task_net, codec)["loss"])
+
+    first = loss()
+    adapt(codec, task_net, (images, masks), AdaptConfig(steps=25, lr=1e-2, qualities=(1,)))
+    assert loss() < first
+
+
+def test_fedprox_pulls_towards_the_global_subset(task_net, shots):
+    free, prox = make_tiny_codec(0), make_tiny_codec(0)
+    anchor = free.group_state_dict()
+    adapt(free, task_net, shots, AdaptConfig(steps=5, lr=1e-2, seed=1))
+    adapt(prox, task_net, shots, AdaptConfig(steps=5, lr=1e-2, seed=1, prox_mu=50.0), global_state=anchor)
+
+    def dist(c):
+        return sum(float((v - anchor[k]).norm() ** 2) for k, v in c.group_state_dict().items())
+
+    assert dist(prox) < dist(free)
+
+
+def test_dp_sgd_epsilon_composes_across_rounds(task_net, shots):
+    codec = make_tiny_codec(0)
+    cfg = AdaptConfig(steps=2, dp=DPConfig(noise_multiplier=1.0, max_grad_norm=1.0))
+    first = adapt(codec, task_net, shots, cfg)
+    second = adapt(codec, task_net, shots, cfg, dp_history=first.dp_history)
+    assert 0 < first.metrics["epsilon"] < second.metrics["epsilon"]
+    assert len(second.dp_history) > len(first.dp_history) or \
+        second.dp_history[-1][-1] > first.dp_history[-1][-1]  # more steps accounted
+    assert all(torch.isfinite(v).all() for v in second.state.values())
+
+
+def test_adapt_rejects_unannotated(task_net):
+    unlabeled = [make_phantoms(1, seed=0, size=64)[0]]
+    unlabeled = [type(unlabeled[0])(unlabeled[0].image, None, "u", 8, (0.0, 255.0))]
+    with pytest.raises(DataError, match="masks"):
+        adapt(make_tiny_codec(0), task_net, unlabeled, AdaptConfig(steps=1))
+    with pytest.raises(DataError, match="at least one"):
+        adapt(make_tiny_codec(0), task_net, [], AdaptConfig(steps=1))
+
+
+def test_loss_terms_and_discriminator(task_net, shots):
+    codec = make_tiny_codec(0)
+    images, masks = samples_to_tensors(shots)
+    q = torch.tensor([0, 3])
+    out = codec(images, q)
+    plain = SemanticLoss(LossWeights(lambda_t=1.0), 4)(out, images, masks, q, task_net, codec)
+    assert plain["per_sample"].shape == (2,) and plain["task"] > 0 and plain["adv"] == 0
+    disc = LabelMapDiscriminator()
+    adv = SemanticLoss(LossWeights(lambda_t=1.0, lambda_adv=0.5), 4, discriminator=disc)(
+        out, images, masks, q, task_net, codec)
+    assert adv["adv"] > 0 and adv["loss"] > plain["loss"]
+    assert disc.loss(images, masks.float(), torch.rand_like(images)) > 0
+    w = default_quality_weights(8)
+    assert w[0] < w[-1] and len(w) == 8
+
+
+def test_tiny_pretrain_writes_loadable_outputs(tmp_path, tiny_task_path):
+    from fedcodec.pretrain import PretrainConfig, Stage, pretrain
+
+    config = PretrainConfig(steps=4, batch_size=2, crop=64, images=3, image_size=128, N=16, M=16, num_qualities=3,
+                            stages=[Stage("rd", 0.5, 1e-3, 0.0, 1e-3), Stage("semantic", 0.5, 1e-4, 1.0, 1e-3)],
+                            log_every=2)
+    codec, _, summary = pretrain(config, tmp_path / "pt", task_net=load_task(tiny_task_path))
+    for name in ("codec.pt", "task.pt", "pretrain.json", "metrics.csv"):
+        assert (tmp_path / "pt" / name).is_file()
+    assert load_codec(tmp_path / "pt" / "codec.pt").identity_hash() == codec.identity_hash()
+    assert json.loads((tmp_path / "pt" / "pretrain.json").read_text())["config"]["steps"] == 4
+    assert summary["parameter_counts"]["total"] == sum(p.numel() for p in codec.parameters())
+    with pytest.raises(Exception, match="exists"):
+        pretrain(config, tmp_path / "pt", task_net=load_task(tiny_task_path))
+
+
+def test_task_network_files(tmp_path):
+    from fedcodec.model_io import save_task
+
+    net = freeze(build_task_network(TINY_TASK_FEATURES))
+    path = save_task(net, tmp_path / "t.pt")
+    loaded = load_task_network(path)
+    x = torch.rand(1, 1, 64, 64)
+    assert torch.allclose(loaded(x), net(x), atol=1e-5)
+    (tmp_path / "bad.pt").write_text("not torchscript")
+    with pytest.raises(ModelFileError, match="not a TorchScript"):
+        load_task_network(tmp_path / "bad.pt")
+    scripted = torch.jit.trace(torch.nn.Flatten(), torch.rand(1, 1, 64, 64))
+    torch.jit.save(scripted, str(tmp_path / "flat.pt"))
+    with pytest.raises(ModelFileError, match="logits"):
+        load_task_network(tmp_path / "flat.pt")
