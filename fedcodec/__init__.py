@@ -3,26 +3,35 @@
 The Python API mirrors the command line::
 
     from fedcodec import load_codec, load_task, encode_image, decode_image, adapt, AdaptConfig
-    codec, task = load_codec(), load_task()          # the embedded default
+    codec, task = load_codec(), load_task()            # the embedded default
     enc = encode_image(codec, image_uint8, quality=3)  # real bytes (enc.data, enc.bpp)
     image, header = decode_image(codec, enc.data)
 
 Nothing here imports Flower: federation lives in the top-level ``server``, ``clients`` and ``strategies``
-packages, which call into this library.
+packages, which call into this library. Names are imported lazily so that ``import fedcodec`` (and the CLI's
+start-up) does not pay for torch, CompressAI and MONAI until they are needed.
 """
 
-from fedcodec.adapt import AdaptConfig, AdaptResult, DPConfig, adapt
-from fedcodec.codec import SemanticCodec
-from fedcodec.coding import decode_image, encode_image
-from fedcodec.data import Sample, load_folder, load_samples, make_phantoms
-from fedcodec.errors import FedcodecError
-from fedcodec.evaluate import evaluate, write_report
-from fedcodec.model_io import load_codec, load_task, save_codec
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "AdaptConfig", "AdaptResult", "DPConfig", "FedcodecError", "Sample", "SemanticCodec", "adapt", "decode_image",
-    "encode_image", "evaluate", "load_codec", "load_folder", "load_samples", "load_task", "make_phantoms",
-    "save_codec", "write_report",
-]
+_EXPORTS = {
+    "AdaptConfig": "fedcodec.adapt", "AdaptResult": "fedcodec.adapt", "DPConfig": "fedcodec.adapt",
+    "adapt": "fedcodec.adapt", "SemanticCodec": "fedcodec.codec", "decode_image": "fedcodec.coding",
+    "encode_image": "fedcodec.coding", "Sample": "fedcodec.data", "load_folder": "fedcodec.data",
+    "load_samples": "fedcodec.data", "make_phantoms": "fedcodec.data", "FedcodecError": "fedcodec.errors",
+    "evaluate": "fedcodec.evaluate", "write_report": "fedcodec.evaluate", "load_codec": "fedcodec.model_io",
+    "load_task": "fedcodec.model_io", "save_codec": "fedcodec.model_io",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'fedcodec' has no attribute {name!r}")

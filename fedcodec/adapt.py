@@ -141,6 +141,7 @@ def adapt(codec: SemanticCodec, task_net: torch.nn.Module, samples: Sequence[Sam
     model: torch.nn.Module = codec
     loader = DataLoader(TensorDataset(images, masks), batch_size=len(images), shuffle=False)
     engine = None
+    codec.train()  # Opacus validates the module in training mode
     if config.dp is not None:
         from opacus import PrivacyEngine
 
@@ -153,7 +154,6 @@ def adapt(codec: SemanticCodec, task_net: torch.nn.Module, samples: Sequence[Sam
                 module=codec, optimizer=optimizer, data_loader=loader,
                 noise_multiplier=config.dp.noise_multiplier, max_grad_norm=config.dp.max_grad_norm,
                 poisson_sampling=True)
-    codec.train()
     # The frozen entropy models must not re-estimate anything: keep their modules in eval mode.
     codec.entropy_bottleneck.eval()
     codec.gaussian_conditional.eval()
@@ -181,7 +181,7 @@ def adapt(codec: SemanticCodec, task_net: torch.nn.Module, samples: Sequence[Sam
                 history.append({k: float(losses[k].detach()) for k in ("loss", "bpp", "task")})
             if progress and (step % 20 == 0 or step == config.steps):
                 log.info("adapt step %d/%d  loss %.4f  bpp %.4f  task %.4f", step, config.steps,
-                         float(losses["loss"]), float(losses["bpp"]), float(losses["task"]))
+                         float(losses["loss"].detach()), float(losses["bpp"].detach()), float(losses["task"].detach()))
     codec.eval()
     after = _frozen_fingerprint(codec, config.groups)
     if before != after:

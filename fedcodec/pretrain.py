@@ -151,7 +151,7 @@ def pretrain(config: PretrainConfig, out_dir: str | Path, task_net: torch.nn.Mod
 
         if step % config.log_every == 0 or step == config.steps:
             row = {"step": step, "stage": stage.name, "seconds": round(time.perf_counter() - start, 1),
-                   **{k: round(float(losses[k]), 6) for k in ("loss", "bpp", "mse", "task", "adv")}}
+                   **{k: round(float(losses[k].detach()), 6) for k in ("loss", "bpp", "mse", "task", "adv")}}
             rows.append(row)
             if progress:
                 log.info("pretrain step %d/%d  loss %.4f  bpp %.4f  mse %.5f  task %.4f  (%.0f s)", step,

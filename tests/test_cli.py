@@ -81,8 +81,9 @@ def test_bad_images(tmp_path, capsys, tiny_codec_path):
     expect_error(capsys, "nan", "encode", "--model", tiny_codec_path, tmp_path / "nan.tif", tmp_path / "y.fcd")
     expect_error(capsys, "does not exist", "encode", "--model", tiny_codec_path, tmp_path / "missing.png",
                  tmp_path / "z.fcd")
+    Image.fromarray(np.zeros((64, 64), np.uint8)).save(tmp_path / "ok.png")
     expect_error(capsys, "quality", "encode", "--model", tiny_codec_path, "--quality", 99,
-                 tmp_path / "nan.tif", tmp_path / "q.fcd")
+                 tmp_path / "ok.png", tmp_path / "q.fcd")
 
 
 def test_bad_model_files(tmp_path, capsys, tiny_task_path, bitstream):

@@ -34,17 +34,10 @@ def test_decoded_equals_quantized_forward(codec, phantom):
         assert torch.allclose(dec, fwd, atol=1e-4), f"quality {q}: max diff {(dec - fwd).abs().max()}"
 
 
-def test_bpp_falls_with_quality_and_matches_estimate(codec, phantom):
+def test_bpp_falls_with_quality(codec, phantom):
     sizes = [len(encode_image(codec, phantom.image, q).data) for q in range(codec.num_qualities)]
     assert all(a <= b for a, b in zip(sizes, sizes[1:])), sizes
     assert sizes[0] < sizes[-1]
-    x = torch.from_numpy(phantom.image.astype(np.float32) / 255)[None, None]
-    with torch.no_grad():
-        out = codec(x, codec.num_qualities - 1)
-    est_bits = float(sum(-torch.log2(lk).sum() for lk in out["likelihoods"].values()))
-    real = codec.compress(x, codec.num_qualities - 1)
-    real_bits = 8 * (len(real["strings"][0][0]) + len(real["strings"][1][0]))
-    assert abs(real_bits - est_bits) < 0.1 * est_bits + 64
 
 
 def test_encode_decode_odd_size_and_16bit(codec):
