@@ -182,6 +182,8 @@ def adapt(codec: SemanticCodec, task_net: torch.nn.Module, samples: Sequence[Sam
             if progress and (step % 20 == 0 or step == config.steps):
                 log.info("adapt step %d/%d  loss %.4f  bpp %.4f  task %.4f", step, config.steps,
                          float(losses["loss"].detach()), float(losses["bpp"].detach()), float(losses["task"].detach()))
+    if engine is not None:
+        model._close()  # remove Opacus hooks and per-sample grads so the codec can be adapted again
     codec.eval()
     after = _frozen_fingerprint(codec, config.groups)
     if before != after:
