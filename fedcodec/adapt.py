@@ -49,8 +49,8 @@ class DPConfig:
 class AdaptConfig:
     """Every knob of few-shot adaptation (``fedcodec adapt`` flags and the Flower run config mirror these)."""
 
-    steps: int = 100
-    lr: float = 3e-3
+    steps: int = 50
+    lr: float = 1e-3
     groups: tuple[str, ...] = ADAPTABLE_GROUPS
     lambda_d: float = 2e-4
     lambda_t: float = 1.0
