@@ -272,7 +272,7 @@ def section_markdown(results: dict, md_path: Path) -> str:
     lines = [f"## Rate-task on a held-out, domain-shifted hospital (hospital {b['hospital']})", ""]
     if b["quick"]:
         lines += ["**QUICK SMOKE RUN (tiny n, few adaptation steps): these numbers mean nothing.**", ""]
-    lines += [f"{results['num_images']} held-out phantoms of hospital {b['hospital']} ({b['size']}x{b['size']}, "
+    lines += [f"{results['num_images']} held-out phantom{'s' if results['num_images'] != 1 else ''} of hospital {b['hospital']} ({b['size']}x{b['size']}, "
               f"{b['bit_depth']}-bit, `make_phantoms(n={b['n']}, seed={b['eval_seed']}, hospital={b['hospital']})`); "
               f"adaptation shots from `make_phantoms(8, seed={b['shots_seed']}, hospital={b['hospital']})` "
               f"(K=1 uses the first). Task network: {b['task']}. Uncompressed Dice "
