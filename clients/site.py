@@ -1,0 +1,255 @@
+"""What one hospital does, without Flower: load its models and data, adapt the subset, evaluate.
+
+The ClientApp (:mod:`clients.client_app`) only translates messages to and from these functions, so they are
+tested and reused directly (the benchmark's single-site baseline calls the same :func:`fedcodec.adapt.adapt`).
+
+Where a site's inputs come from:
+
+- base codec: node config ``model-path``, else run config ``model-path``, else the embedded default;
+- task network: node config ``task-path``, else run config ``task-path``, else the embedded default;
+- annotated samples: node config ``data-dir`` (``DIR/images`` + ``DIR/masks``, sorted by name: the first
+  ``shots`` train, the next ``eval-samples`` are held out; or node config ``eval-dir`` for a separate held-out
+  folder); without a ``data-dir`` (simulation) the phantom hospital ``partition-id + sim.hospital-offset``.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from fedcodec.adapt import AdaptConfig, DPConfig, adapt
+from fedcodec.codec import SemanticCodec
+from fedcodec.data import Sample, load_folder, make_phantoms
+from fedcodec.errors import DataError, ModelMismatchError
+from fedcodec.evaluate import evaluate_codec, uncompressed_dice
+from fedcodec.model_io import load_codec, load_task
+from server import config as C
+
+log = logging.getLogger("flwr.fedcodec.clients")
+
+_LOCK = threading.Lock()
+_CODECS: dict[tuple, tuple[SemanticCodec, str]] = {}
+_TASKS: dict[tuple, torch.nn.Module] = {}
+_DATA: dict[tuple, "SiteData"] = {}
+
+
+def _file_key(path: str | None) -> tuple:
+    if not path:
+        return ("<embedded>",)
+    p = Path(path).expanduser()
+    try:
+        st = p.stat()
+        return (str(p.resolve()), st.st_mtime_ns, st.st_size)
+    except OSError:
+        return (str(p),)
+
+
+def site_value(node_config: Mapping[str, Any], run_config: Mapping[str, Any], key: str) -> str:
+    """A path setting: the node config wins over the run config; ``""`` means unset."""
+    value = str(node_config.get(key, "") or "").strip()
+    return value or str(C.get(run_config, key)).strip()
+
+
+def load_site_codec(path: str | None) -> tuple[SemanticCodec, str]:
+    """A fresh copy of the site's base codec and its base identity hash (loaded once per process)."""
+    key = _file_key(path)
+    with _LOCK:
+        if key not in _CODECS:
+            codec = load_codec(Path(path).expanduser() if path else None)
+            _CODECS[key] = (codec, codec.identity_hash(["base"]))
+        codec, base_hash = _CODECS[key]
+        return copy.deepcopy(codec), base_hash
+
+
+def load_site_task(path: str | None) -> torch.nn.Module:
+    """The site's frozen task network (loaded once per process; it is never modified)."""
+    key = _file_key(path)
+    with _LOCK:
+        if key not in _TASKS:
+            _TASKS[key] = load_task(Path(path).expanduser() if path else None)
+        return _TASKS[key]
+
+
+def check_base(site_hash: str, expected: str, model_path: str) -> None:
+    """Refuse to work on a subset made for another base codec."""
+    if not expected:
+        raise ModelMismatchError("the server did not send the base codec's identity hash; refusing to train")
+    if site_hash != expected:
+        where = model_path or "the embedded default codec"
+        raise ModelMismatchError(
+            f"base codec mismatch: this site's codec ({where}) has base identity {site_hash[:16]}..., the "
+            f"server's subset was made for base {expected[:16]}...; provision the server's pretrained codec "
+            f"at this site (node config model-path) before joining; refusing to train")
+
+
+@dataclass
+class SiteData:
+    """A hospital's annotated samples: the K training shots and the held-out samples."""
+
+    train: list[Sample]
+    held_out: list[Sample]
+    description: str   # for local logs only: never sent
+
+
+def load_site_data(node_config: Mapping[str, Any], run_config: Mapping[str, Any]) -> SiteData:
+    """Read the site's K shots and held-out samples (see the module docstring)."""
+    shots = C.get(run_config, "shots")
+    n_eval = C.get(run_config, "eval-samples")
+    if shots < 1:
+        raise DataError(f"shots must be >= 1, got {shots}")
+    data_dir = str(node_config.get("data-dir", "") or "").strip()
+    eval_dir = str(node_config.get("eval-dir", "") or "").strip()
+    if data_dir:
+        key = ("dir", _dir_key(data_dir), _dir_key(eval_dir) if eval_dir else None, shots, n_eval)
+    else:
+        if "partition-id" not in node_config:
+            raise DataError("this SuperNode has no node config 'data-dir' (and is not a simulated node); start "
+                            "it with --node-config \"data-dir='/path/to/annotated' model-path='/path/codec.pt'\"")
+        hospital = int(node_config["partition-id"]) + C.get(run_config, "sim.hospital-offset")
+        key = ("sim", hospital, C.get(run_config, "seed"), C.get(run_config, "sim.phantom-size"), shots, n_eval)
+    with _LOCK:
+        if key in _DATA:
+            return _DATA[key]
+    if data_dir:
+        samples = load_folder(Path(data_dir).expanduser())
+        if len(samples) < shots:
+            raise DataError(f"{data_dir}: {len(samples)} annotated sample(s), but shots = {shots}")
+        train = samples[:shots]
+        if eval_dir:
+            held = load_folder(Path(eval_dir).expanduser(), limit=n_eval or None)
+        else:
+            held = samples[shots:shots + n_eval] if n_eval else []
+        data = SiteData(train, held, f"folder {data_dir}")
+    else:
+        size = C.get(run_config, "sim.phantom-size")
+        samples = make_phantoms(shots + n_eval, seed=C.get(run_config, "seed"), size=size, hospital=hospital)
+        data = SiteData(samples[:shots], samples[shots:], f"phantom hospital {hospital}")
+    with _LOCK:
+        _DATA[key] = data
+    return data
+
+
+def _dir_key(path: str) -> tuple:
+    p = Path(path).expanduser()
+    try:
+        return (str(p.resolve()), p.stat().st_mtime_ns, (p / "images").stat().st_mtime_ns)
+    except OSError:
+        return (str(p),)
+
+
+def adapt_config(run_config: Mapping[str, Any], num_qualities: int, groups: tuple[str, ...],
+                 prox_mu: float = 0.0, seed_offset: int = 0) -> AdaptConfig:
+    """The AdaptConfig of one local round (the same settings ``fedcodec adapt`` exposes)."""
+    tq = C.get(run_config, "train-qualities")
+    qualities = tuple(C.parse_qualities(tq, num_qualities, default="all")) if tq.strip() else ()
+    dp = None
+    if C.get(run_config, "sample-dp.enabled"):
+        dp = DPConfig(noise_multiplier=C.get(run_config, "sample-dp.noise-multiplier"),
+                      max_grad_norm=C.get(run_config, "sample-dp.max-grad-norm"),
+                      delta=C.get(run_config, "sample-dp.delta"), accountant="rdp")
+    return AdaptConfig(steps=C.get(run_config, "local-steps"), lr=C.get(run_config, "lr"), groups=groups,
+                       lambda_d=C.get(run_config, "lambda-d"), lambda_t=C.get(run_config, "lambda-t"),
+                       qualities=qualities, crop=C.get(run_config, "crop"), prox_mu=float(prox_mu),
+                       seed=C.get(run_config, "seed") + seed_offset, dp=dp)
+
+
+def set_threads(run_config: Mapping[str, Any]) -> None:
+    n = C.get(run_config, "threads")
+    if n > 0 and torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+
+
+def mean_points(points: list[dict], prefix: str = "") -> dict[str, float]:
+    """Scalar summary of evaluate_codec points: means over qualities and per-quality bpp/Dice."""
+    out = {f"{prefix}bpp": float(np.mean([p["bpp"] for p in points])),
+           f"{prefix}dice": float(np.mean([p["dice"] for p in points])),
+           f"{prefix}psnr": float(np.mean([p["psnr"] for p in points]))}
+    for p in points:
+        out[f"{prefix}bpp-q{p['quality']}"] = float(p["bpp"])
+        out[f"{prefix}dice-q{p['quality']}"] = float(p["dice"])
+    return out
+
+
+def train_site(codec: SemanticCodec, task_net: torch.nn.Module, data: SiteData, run_config: Mapping[str, Any],
+               groups: tuple[str, ...], global_state: Mapping[str, torch.Tensor], prox_mu: float = 0.0,
+               dp_history: list | None = None, server_round: int = 0,
+               equal_weights: bool = False) -> tuple[dict[str, torch.Tensor], dict[str, float], list]:
+    """Adapt ``groups`` of ``codec`` (already holding ``global_state``) on the site's K shots.
+
+    Returns the trained subset, scalar metrics (``num-examples``, ``examples``, ``loss``, ``bpp``, ``task``,
+    ``dice``, ``epsilon``, ``seconds``) and the Opacus accountant history (empty without sample-level DP).
+    """
+    cfg = adapt_config(run_config, codec.num_qualities, groups, prox_mu, seed_offset=1000 * server_round)
+    if cfg.dp is not None:
+        # Opacus refuses a module in eval mode at make_private, which fedcodec.adapt calls before codec.train()
+        # (load_codec returns an eval-mode codec); adapt puts the modules it needs in eval mode itself.
+        codec.train()
+    result = adapt(codec, task_net, data.train, cfg, global_state=dict(global_state), dp_history=dp_history)
+    m = result.metrics
+    metrics = {"num-examples": 1.0 if equal_weights else float(m["examples"]), "examples": float(m["examples"]),
+               "loss": float(m["loss"]), "bpp": float(m["bpp"]), "task": float(m["task"]),
+               "epsilon": float(m["epsilon"]), "seconds": float(m["seconds"])}
+    if C.get(run_config, "train-dice"):
+        qs = C.parse_qualities(C.get(run_config, "eval-qualities"), codec.num_qualities)
+        points = evaluate_codec(codec, task_net, data.train, qualities=qs)
+        metrics["dice"] = float(np.mean([p["dice"] for p in points]))
+    # Sanitize: NaN losses (e.g. an all-empty Poisson batch history) become 0 so the reply stays valid.
+    metrics = {k: (v if np.isfinite(v) else 0.0) for k, v in metrics.items()}
+    return result.state, metrics, result.dp_history
+
+
+def evaluate_site(codec: SemanticCodec, task_net: torch.nn.Module, data: SiteData,
+                  run_config: Mapping[str, Any]) -> dict[str, float]:
+    """bpp (real bytes) and Dice of the site's held-out samples at the evaluation qualities."""
+    if not data.held_out:
+        raise DataError("this site has no held-out samples to evaluate (eval-samples = 0 or too few images)")
+    qs = C.parse_qualities(C.get(run_config, "eval-qualities"), codec.num_qualities)
+    points = evaluate_codec(codec, task_net, data.held_out, qualities=qs)
+    out = {"num-examples": float(len(data.held_out)), **mean_points(points)}
+    out["dice-uncompressed"] = float(uncompressed_dice(task_net, data.held_out))
+    return out
+
+
+def describe_error(exc: BaseException) -> str:
+    """A one-line reason for an error reply (the exception's type and message, at most 500 characters)."""
+    return f"{type(exc).__name__}: {exc}"[:500]
+
+
+def sim_is_attacker(node_config: Mapping[str, Any], run_config: Mapping[str, Any]) -> str:
+    """The simulated attack of this node (simulation only), or ``""``."""
+    attack = C.get(run_config, "sim.attack").strip().lower()
+    if not attack or "data-dir" in node_config or "partition-id" not in node_config:
+        return ""
+    return attack if int(node_config["partition-id"]) in C.parse_ids(C.get(run_config, "sim.attack-partitions")) else ""
+
+
+def corrupt(state: dict[str, torch.Tensor], reference: Mapping[str, torch.Tensor], attack: str) -> dict:
+    """A corrupted update for the robustness scenarios: NaN, a huge scaled update, or a wrong shape."""
+    out = {k: v.clone() for k, v in state.items()}
+    first = next(iter(out))
+    if attack == "nan":
+        out[first].view(-1)[0] = float("nan")
+    elif attack == "scale":
+        out = {k: reference[k] + 1e4 * (v - reference[k]) + 1.0 for k, v in out.items()}
+    elif attack == "shape":
+        out[first] = out[first].reshape(-1)[:-1].clone()
+    else:
+        raise ValueError(f"unknown sim.attack {attack!r} (nan, scale or shape)")
+    return out
+
+
+def sim_dropout(node_config: Mapping[str, Any], run_config: Mapping[str, Any], server_round: int) -> bool:
+    """Whether this simulated hospital drops out of this round (deterministic in seed, round and partition)."""
+    p = C.get(run_config, "sim.dropout")
+    if p <= 0 or "data-dir" in node_config or "partition-id" not in node_config:
+        return False
+    rng = np.random.default_rng([C.get(run_config, "seed"), server_round, int(node_config["partition-id"]), 7])
+    return bool(rng.random() < p)

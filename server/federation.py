@@ -1,0 +1,489 @@
+"""The server side of federated few-shot adaptation, as plain functions over a Flower ``Grid``.
+
+:func:`run_federation` is everything the ServerApp does: load the pretrained codec, send only the adaptable
+subset (the configured groups) plus the base codec's identity hash, run the rounds with the configured
+strategy (validation, optional central DP), checkpoint the subset, the strategy state and the privacy
+accountant after every round, resume from a checkpoint, and export the merged adapted codec. It also prints
+the per-round table and writes ``metrics.json`` / ``metrics.csv``.
+
+Output directory (absolute; default ``~/.fedcodec/runs/<time>-run<id>``)::
+
+    run.json                      settings, base identity, subset and full-codec sizes
+    metrics.json, metrics.csv     one row per round (round 0 = the pretrained subset, before adaptation)
+    checkpoints/round-NNNN.pt     subset + strategy state + accountant state + history (torch, weights-only)
+    checkpoints/latest.pt
+    adapted_codec.pt              the base codec with the adapted subset merged (fedcodec codec file)
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import math
+import shutil
+import time
+from collections.abc import Mapping
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.app import Array, ArrayRecord, ConfigRecord
+from flwr.serverapp import Grid
+from flwr.serverapp.exception import PrivacyBudgetExhausted
+
+from fedcodec.codec import SemanticCodec
+from fedcodec.errors import FedcodecError, ModelFileError, ModelMismatchError, OutputExistsError
+from fedcodec.model_io import atomic_write_bytes, load_codec, save_codec, write_json
+from server import config as C
+from strategies import (
+    StrategySpec,
+    ValidatedStrategy,
+    build_strategy,
+    load_strategy_state,
+    privacy_spent,
+    strategy_state,
+)
+
+log = logging.getLogger("flwr.fedcodec.server")
+
+CHECKPOINT_FORMAT = "fedcodec-fl-checkpoint"
+CHECKPOINT_VERSION = 1
+RUNS_HOME = Path("~/.fedcodec/runs")
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+
+
+def say(text: str = "") -> None:
+    """Print to stdout (captured into the run's log by ``flwr run --stream`` / ``flwr log``)."""
+    print(text, flush=True)
+
+
+def state_dict_bytes(state: Mapping[str, torch.Tensor]) -> int:
+    """Raw tensor bytes of a state dict."""
+    return int(sum(v.numel() * v.element_size() for v in state.values()))
+
+
+def subset_to_arrays(subset: Mapping[str, torch.Tensor]) -> ArrayRecord:
+    return ArrayRecord({k: Array(v.detach().cpu().contiguous().numpy()) for k, v in subset.items()})
+
+
+def arrays_to_subset(arrays: ArrayRecord) -> dict[str, torch.Tensor]:
+    return {k: torch.from_numpy(np.array(arrays[k].numpy())) for k in arrays.keys()}
+
+
+def resolve_out_dir(value: str, run_id: int) -> Path:
+    """The absolute output directory (``""`` -> ``~/.fedcodec/runs/<time>-run<id>``)."""
+    if not value.strip():
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        return (RUNS_HOME / f"{stamp}-run{run_id}").expanduser().resolve()
+    p = Path(value.strip()).expanduser()
+    if not p.is_absolute():
+        raise FedcodecError(f"out-dir must be an absolute path, got {value!r} (the ServerApp runs in the "
+                            "SuperLink's working directory, so a relative path would land somewhere unexpected)")
+    return p.resolve()
+
+
+def wait_for_hospitals(grid: Grid, needed: int, timeout: float) -> list[int]:
+    """Wait until ``needed`` hospitals are connected; fail with a hint after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        nodes = list(grid.get_node_ids())
+        if len(nodes) >= needed:
+            return nodes
+        if time.monotonic() > deadline:
+            raise FedcodecError(
+                f"only {len(nodes)} hospital(s) connected after {timeout:.0f} s, this run needs "
+                f"min-available-hospitals = {needed}. In simulation start enough SuperNodes: flwr run . "
+                f"--federation-config \"num-supernodes={needed} client-resources-num-cpus=1\" (or lower "
+                "min-available-hospitals, min-train-hospitals and min-evaluate-hospitals with --run-config)")
+        time.sleep(0.5)
+
+
+# ---------------------------------------------------------------------------------------------- checkpoints
+
+
+def save_checkpoint(path: Path, server_round: int, subset: Mapping[str, torch.Tensor], strategy: ValidatedStrategy,
+                    history: list[dict], meta: Mapping[str, Any]) -> Path:
+    """Write one round's checkpoint atomically (loadable with ``torch.load(weights_only=True)``)."""
+    st = strategy_state(strategy)
+    st_t: dict[str, Any] = {"name": st["name"]}
+    for attr in ("m_t", "v_t"):
+        if attr in st:
+            st_t[attr] = {k: torch.from_numpy(np.array(v)) for k, v in st[attr].items()}
+    if "accountant" in st:
+        st_t["accountant"] = st["accountant"]
+    payload = {"format": CHECKPOINT_FORMAT, "format_version": CHECKPOINT_VERSION, "round": int(server_round),
+               "subset": {k: v.detach().cpu().clone() for k, v in subset.items()}, "strategy": st_t,
+               "history": json.dumps(history), "meta": json.dumps(dict(meta))}
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, buf.getvalue())
+    return path
+
+
+def find_checkpoint(path: str | Path) -> Path:
+    """A checkpoint file, or the latest checkpoint of a run's output directory."""
+    p = Path(path).expanduser()
+    if p.is_dir():
+        for cand in (p / "checkpoints" / "latest.pt", p / "latest.pt"):
+            if cand.is_file():
+                return cand.resolve()
+        raise ModelFileError(f"{p}: no checkpoints/latest.pt in this run directory")
+    if not p.is_file():
+        raise ModelFileError(f"checkpoint not found: {p}")
+    return p.resolve()
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """Read and check a checkpoint; ``history`` and ``meta`` come back decoded."""
+    p = find_checkpoint(path)
+    try:
+        payload = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ModelFileError(f"{p} is not a fedcodec federation checkpoint ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise ModelFileError(f"{p} is not a fedcodec federation checkpoint")
+    if payload.get("format_version") != CHECKPOINT_VERSION:
+        raise ModelFileError(f"{p}: unsupported checkpoint version {payload.get('format_version')}")
+    payload["history"] = json.loads(payload["history"])
+    payload["meta"] = json.loads(payload["meta"])
+    payload["path"] = str(p)
+    strategy = payload.get("strategy") or {}
+    for attr in ("m_t", "v_t"):
+        if attr in strategy:
+            strategy[attr] = {k: v.numpy() for k, v in strategy[attr].items()}
+    return payload
+
+
+# ---------------------------------------------------------------------------------------------- export
+
+
+def export_codec(codec: SemanticCodec, subset: Mapping[str, torch.Tensor], groups: tuple[str, ...], path: Path,
+                 meta: Mapping[str, Any], overwrite: bool = False) -> Path:
+    """Merge the adapted subset into (a copy of) the base codec, rebuild the entropy tables and save it as a
+    fedcodec codec file that ``fedcodec encode/decode/evaluate --model`` accept."""
+    import copy
+
+    merged = copy.deepcopy(codec)
+    merged.load_group_state_dict(dict(subset), groups)
+    merged.update(force=True)
+    return save_codec(merged.eval(), path, meta=dict(meta), overwrite=overwrite)
+
+
+# ---------------------------------------------------------------------------------------------- table
+
+
+COLUMNS = [("round", "round", "{:>5}"), ("hosp", "hospitals", "{:>5}"), ("rej", "rejected", "{:>3}"),
+           ("fail", "failed", "{:>4}"), ("loss", "train_loss", "{:>7.3f}"), ("bpp(tr)", "train_bpp", "{:>7.4f}"),
+           ("bpp", "eval_bpp", "{:>7.4f}"), ("Dice", "eval_dice", "{:>6.3f}"), ("sent KB", "sent_kb", "{:>8.1f}"),
+           ("recv KB", "received_kb", "{:>8.1f}"), ("eps(c)", "epsilon_central", "{:>7.2f}"),
+           ("eps(s)", "epsilon_sample", "{:>7.2f}"), ("sec", "seconds", "{:>6.1f}")]
+
+
+def format_row(row: Mapping[str, Any]) -> str:
+    cells = []
+    for head, key, fmt in COLUMNS:
+        width = max(len(head), len(fmt.format(0.0)) if "f" in fmt else len(head))
+        value = row.get(key)
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            cells.append("-".rjust(width))
+        else:
+            try:
+                cells.append(fmt.format(value).rjust(width))
+            except (ValueError, TypeError):
+                cells.append(str(value).rjust(width))
+    return " ".join(cells)
+
+
+def format_header() -> str:
+    cells = []
+    for head, _key, fmt in COLUMNS:
+        width = max(len(head), len(fmt.format(0.0)) if "f" in fmt else len(head))
+        cells.append(head.rjust(width))
+    return " ".join(cells)
+
+
+CSV_KEYS = ["round", "hospitals", "rejected", "failed", "aggregated", "train_loss", "train_bpp", "train_task",
+            "train_dice", "eval_bpp", "eval_dice", "eval_psnr", "eval_dice_uncompressed", "bytes_sent",
+            "bytes_received", "bytes_sent_train", "bytes_received_train", "bytes_sent_evaluate",
+            "bytes_received_evaluate", "subset_bytes_per_client", "epsilon_central", "epsilon_sample", "seconds"]
+
+
+def write_metrics(out_dir: Path, run_info: Mapping[str, Any], rows: list[dict], summary: Mapping[str, Any]) -> None:
+    write_json(out_dir / "metrics.json", {"run": dict(run_info), "rounds": rows, "summary": dict(summary)})
+    buf = io.StringIO()
+    extra = sorted({k for r in rows for k in r.get("eval_per_quality", {})})
+    writer = csv.writer(buf)
+    writer.writerow(CSV_KEYS + extra)
+    for r in rows:
+        writer.writerow([_csv(r.get(k)) for k in CSV_KEYS] + [_csv(r.get("eval_per_quality", {}).get(k))
+                                                             for k in extra])
+    atomic_write_bytes(out_dir / "metrics.csv", buf.getvalue().encode())
+
+
+def _csv(v: Any) -> Any:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    return v
+
+
+# ---------------------------------------------------------------------------------------------- rows
+
+
+def make_row(server_round: int, strategy: ValidatedStrategy, train_metrics: Any, eval_metrics: Any,
+             seconds: float) -> dict:
+    st = strategy.rounds.get(server_round)
+    tm = dict(train_metrics) if train_metrics is not None else {}
+    em = dict(eval_metrics) if eval_metrics is not None else {}
+    spent = privacy_spent(strategy)
+    row: dict[str, Any] = {
+        "round": server_round,
+        "hospitals": st.accepted if st and server_round > 0 else 0,
+        "rejected": len(st.rejected) if st else 0,
+        "failed": len(st.failed) if st else 0,
+        "aggregated": bool(st.aggregated) if st else False,
+        "train_loss": tm.get("loss"), "train_bpp": tm.get("bpp"), "train_task": tm.get("task"),
+        "train_dice": tm.get("dice"),
+        "eval_bpp": em.get("bpp"), "eval_dice": em.get("dice"), "eval_psnr": em.get("psnr"),
+        "eval_dice_uncompressed": em.get("dice-uncompressed"),
+        "eval_hospitals": int(em.get("clients", 0)) if em else 0,
+        "eval_per_quality": {k: float(v) for k, v in em.items() if k.startswith(("bpp-q", "dice-q"))},
+        "bytes_sent_train": st.sent_train if st else 0, "bytes_received_train": st.received_train if st else 0,
+        "bytes_sent_evaluate": st.sent_evaluate if st else 0,
+        "bytes_received_evaluate": st.received_evaluate if st else 0,
+        "subset_bytes_per_client": st.subset_bytes_per_client if st else 0,
+        "epsilon_central": spent["epsilon"] if spent and spent["releases"] else (0.0 if spent else None),
+        "epsilon_sample": tm.get("epsilon") if tm and tm.get("epsilon", 0) > 0 else None,
+        "seconds": seconds,
+        "rejections": list(st.rejected) if st else [],
+        "failures": list(st.failed) if st else [],
+        "skipped_reason": st.skipped_reason if st else "",
+    }
+    row["bytes_sent"] = row["bytes_sent_train"] + row["bytes_sent_evaluate"]
+    row["bytes_received"] = row["bytes_received_train"] + row["bytes_received_evaluate"]
+    row["sent_kb"] = row["bytes_sent"] / 1024
+    row["received_kb"] = row["bytes_received"] / 1024
+    return row
+
+
+# ---------------------------------------------------------------------------------------------- main loop
+
+
+def strategy_spec(rc: Mapping[str, Any], num_nodes: int) -> StrategySpec:
+    """The StrategySpec of the run config, with the per-round sample sizes fixed for ``num_nodes`` hospitals."""
+    frac_t, frac_e = C.get(rc, "fraction-train"), C.get(rc, "fraction-evaluate")
+    n_train = min(num_nodes, max(int(num_nodes * frac_t), C.get(rc, "min-train-hospitals"))) if frac_t > 0 else 0
+    central = C.get(rc, "central-dp.enabled")
+    return StrategySpec(
+        name=C.get(rc, "strategy"), fraction_train=frac_t, fraction_evaluate=frac_e,
+        min_train_nodes=C.get(rc, "min-train-hospitals"), min_evaluate_nodes=C.get(rc, "min-evaluate-hospitals"),
+        min_available_nodes=C.get(rc, "min-available-hospitals"),
+        # Central DP accounting needs exactly the same number of hospitals every round; otherwise FedAvg's
+        # sampling adapts to the hospitals connected at that moment (one that goes offline is not waited for).
+        fixed_train_size=(n_train or None) if central else None, fixed_evaluate_size=None,
+        proximal_mu=C.get(rc, "proximal-mu"), fedadam_eta=C.get(rc, "fedadam.eta"),
+        fedadam_beta_1=C.get(rc, "fedadam.beta-1"), fedadam_beta_2=C.get(rc, "fedadam.beta-2"),
+        fedadam_tau=C.get(rc, "fedadam.tau"), trimmed_beta=C.get(rc, "trimmed-mean.beta"),
+        krum_num_malicious=C.get(rc, "krum.num-malicious"), max_update_norm=C.get(rc, "max-update-norm") or None,
+        central_dp=central, dp_noise_multiplier=C.get(rc, "central-dp.noise-multiplier"),
+        dp_clipping_norm=C.get(rc, "central-dp.clipping-norm"), dp_delta=C.get(rc, "central-dp.delta"),
+        dp_max_epsilon=C.get(rc, "central-dp.max-epsilon") or None, dp_population=num_nodes)
+
+
+def run_federation(grid: Grid, run_config: Mapping[str, Any] | None = None, run_id: int = 0) -> dict:
+    """Run the whole federated adaptation on ``grid``; returns the summary that is written to metrics.json."""
+    rc = dict(run_config or {})
+    t_run = time.perf_counter()
+    out_dir = resolve_out_dir(C.get(rc, "out-dir"), run_id)
+    groups = C.parse_groups(C.get(rc, "groups"))
+    model_path = C.get(rc, "model-path").strip()
+    codec = load_codec(Path(model_path).expanduser() if model_path else None)
+    base_hash = codec.identity_hash(["base"])
+    subset = codec.group_state_dict(groups)
+    num_rounds = C.get(rc, "num-server-rounds")
+
+    # ---- resume
+    start_round, rows, ckpt = 1, [], None
+    resume = C.get(rc, "resume-from").strip()
+    if resume:
+        ckpt = load_checkpoint(resume)
+        meta = ckpt["meta"]
+        if meta.get("base_hash") != base_hash:
+            raise ModelMismatchError(f"checkpoint {ckpt['path']} was made for base codec "
+                                     f"{str(meta.get('base_hash'))[:16]}..., the configured codec is "
+                                     f"{base_hash[:16]}...")
+        if tuple(meta.get("groups", ())) != groups:
+            raise FedcodecError(f"checkpoint groups {meta.get('groups')} differ from the configured {list(groups)}")
+        probe = codec.group_state_dict(groups)
+        codec.load_group_state_dict(ckpt["subset"], groups)   # validates keys/shapes/finite values
+        codec.load_group_state_dict(probe, groups)           # keep the base codec pristine
+        subset = {k: ckpt["subset"][k].clone() for k in subset}
+        start_round = int(ckpt["round"]) + 1
+        rows = list(ckpt["history"])
+    resuming_here = bool(ckpt) and Path(ckpt["path"]).is_relative_to(out_dir)
+    if (out_dir / "metrics.json").exists() and not resuming_here:
+        raise OutputExistsError(f"{out_dir} already holds a federation run; choose another out-dir or resume "
+                                "from it (resume-from)")
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    say(f"fedcodec federation: output directory {out_dir}")
+    nodes = wait_for_hospitals(grid, C.get(rc, "min-available-hospitals"), C.get(rc, "wait-for-hospitals"))
+    spec = strategy_spec(rc, len(nodes))
+    strategy = build_strategy(spec)
+    if ckpt and ckpt.get("strategy"):
+        load_strategy_state(strategy, ckpt["strategy"])
+
+    full_bytes = state_dict_bytes(codec.state_dict())
+    subset_raw = state_dict_bytes(subset)
+    run_info = {
+        "run_id": run_id, "out_dir": str(out_dir), "model_path": model_path or "<embedded default>",
+        "base_hash": base_hash, "groups": list(groups), "strategy": spec.name, "hospitals_connected": len(nodes),
+        "hospitals_per_round": spec.fixed_train_size or max(int(len(nodes) * spec.fraction_train),
+                                                            spec.min_train_nodes), "num_rounds": num_rounds, "start_round": start_round,
+        "resumed_from": ckpt["path"] if ckpt else "", "parameter_counts": codec.parameter_counts(),
+        "subset_parameters": int(sum(v.numel() for v in subset.values())),
+        "subset_state_bytes": subset_raw, "full_codec_state_bytes": full_bytes,
+        "central_dp": spec.central_dp, "sample_dp": C.get(rc, "sample-dp.enabled"),
+        "run_config": {k: rc.get(k, v) for k, v in C.DEFAULTS.items()},
+    }
+    write_json(out_dir / "run.json", run_info)
+    say(f"fedcodec federation: {len(nodes)} hospital(s) connected, strategy {spec.name}, groups "
+        f"{','.join(groups)}, subset {run_info['subset_parameters']} parameters = {subset_raw / 1024:.1f} KB "
+        f"({100 * subset_raw / full_bytes:.2f}% of the full codec's {full_bytes / 1024:.0f} KB), base "
+        f"{base_hash[:16]}...")
+    if spec.central_dp:
+        say(f"fedcodec federation: central DP on (noise multiplier {spec.dp_noise_multiplier}, clipping norm "
+            f"{spec.dp_clipping_norm}, delta {spec.dp_delta}, budget {spec.dp_max_epsilon or 'none'})")
+    if C.get(rc, "sample-dp.enabled"):
+        say(f"fedcodec federation: sample-level DP-SGD on at every hospital (noise multiplier "
+            f"{C.get(rc, 'sample-dp.noise-multiplier')}, max grad norm {C.get(rc, 'sample-dp.max-grad-norm')}, "
+            f"delta {C.get(rc, 'sample-dp.delta')})")
+
+    arrays = subset_to_arrays(subset)
+    base_cfg = {"base-hash": base_hash, "groups": ",".join(groups)}
+    train_cfg = dict(base_cfg, **{"equal-weights": bool(spec.central_dp)})
+    if C.get(rc, "sample-dp.enabled") and start_round > 1:
+        train_cfg["sample-dp.prior-rounds"] = start_round - 1
+    timeout = float(C.get(rc, "round-timeout"))
+    meta = {"base_hash": base_hash, "groups": list(groups), "run_id": run_id, "strategy": spec.name}
+
+    say("")
+    say(format_header())
+    for r in rows:
+        say(format_row(r) + "   (from checkpoint)")
+
+    def evaluate(server_round: int, arrs: ArrayRecord) -> Any:
+        msgs = list(strategy.configure_evaluate(server_round, arrs, ConfigRecord(dict(base_cfg)), grid))
+        if not msgs:
+            return None
+        return strategy.aggregate_evaluate(server_round, grid.send_and_receive(msgs, timeout=timeout))
+
+    if start_round == 1 and C.get(rc, "evaluate-before") and not rows:
+        t0 = time.perf_counter()
+        em = evaluate(0, arrays)
+        rows.append(make_row(0, strategy, None, em, time.perf_counter() - t0))
+        say(format_row(rows[-1]))
+        write_metrics(out_dir, run_info, rows, {})
+
+    stop_reason = ""
+    last_round = start_round - 1
+    for server_round in range(start_round, num_rounds + 1):
+        t0 = time.perf_counter()
+        try:
+            messages = list(strategy.configure_train(server_round, arrays, ConfigRecord(dict(train_cfg)), grid))
+        except PrivacyBudgetExhausted as exc:
+            stop_reason = f"privacy budget reached before round {server_round}: {exc}"
+            say(f"fedcodec federation: stopping: {stop_reason}")
+            break
+        replies = grid.send_and_receive(messages, timeout=timeout) if messages else []
+        new_arrays, tm = strategy.aggregate_train(server_round, replies)
+        if new_arrays is not None:
+            arrays = new_arrays
+        em = evaluate(server_round, arrays)
+        row = make_row(server_round, strategy, tm, em, time.perf_counter() - t0)
+        rows.append(row)
+        last_round = server_round
+        say(format_row(row) + (f"   {row['skipped_reason']}" if row["skipped_reason"] else ""))
+        for rej in row["rejections"]:
+            say(f"      dropped the update of node {rej['node']}: {rej['reason']}")
+        for fail in row["failures"]:
+            say(f"      node {fail['node']} failed: {fail['reason']}")
+        subset = arrays_to_subset(arrays)
+        ckpt_path = save_checkpoint(out_dir / "checkpoints" / f"round-{server_round:04d}.pt", server_round, subset,
+                                    strategy, rows, meta)
+        shutil.copyfile(ckpt_path, out_dir / "checkpoints" / ".latest.tmp")
+        (out_dir / "checkpoints" / ".latest.tmp").replace(out_dir / "checkpoints" / "latest.pt")
+        write_metrics(out_dir, run_info, rows, {})
+
+    subset = arrays_to_subset(arrays)
+    export_path = None
+    if C.get(rc, "export"):
+        export_path = export_codec(codec, subset, groups, out_dir / "adapted_codec.pt",
+                                   meta={**meta, "rounds": last_round, "kind": "federated-adaptation"},
+                                   overwrite=resuming_here)
+    summary = summarize(rows, run_info, strategy, stop_reason, export_path, time.perf_counter() - t_run)
+    write_metrics(out_dir, run_info, rows, summary)
+    say("")
+    say(summary_text(summary))
+    return summary
+
+
+def summarize(rows: list[dict], run_info: Mapping[str, Any], strategy: ValidatedStrategy, stop_reason: str,
+              export_path: Path | None, seconds: float) -> dict:
+    trained = [r for r in rows if r["round"] > 0]
+    evals = [r for r in rows if r.get("eval_dice") is not None]
+    before = next((r for r in evals if r["round"] == 0), None)
+    after = evals[-1] if evals and evals[-1]["round"] > 0 else None
+    sample_eps = [r["epsilon_sample"] for r in trained if r.get("epsilon_sample") is not None]
+    per_client = max((r["subset_bytes_per_client"] for r in trained), default=0)
+    full = run_info["full_codec_state_bytes"]
+    pick = ("eval_bpp", "eval_dice", "eval_psnr", "eval_dice_uncompressed", "eval_per_quality")
+    return {
+        "rounds_completed": len(trained), "stop_reason": stop_reason,
+        "bytes_per_client_per_round_down": per_client,
+        "bytes_per_client_per_round_up": max((r["bytes_received_train"] / (r["hospitals"] + r["rejected"])
+                                              for r in trained if r["hospitals"] + r["rejected"]), default=0),
+        "full_codec_state_bytes": full,
+        "ratio_subset_to_full": per_client / full if full else None,
+        "subset_state_bytes": run_info["subset_state_bytes"],
+        "ratio_subset_state_to_full": run_info["subset_state_bytes"] / full if full else None,
+        "median_round_seconds": float(np.median([r["seconds"] for r in trained])) if trained else None,
+        "before": {k: before.get(k) for k in pick} if before else None,
+        "after": {k: after.get(k) for k in pick} if after else None,
+        "epsilon_central": privacy_spent(strategy),
+        "epsilon_sample_max": max(sample_eps) if sample_eps else None,
+        "rejected_updates": sum(r["rejected"] for r in trained), "failed_replies": sum(r["failed"] for r in trained),
+        "exported_codec": str(export_path) if export_path else "",
+        "out_dir": run_info["out_dir"], "seconds": seconds,
+    }
+
+
+def summary_text(s: Mapping[str, Any]) -> str:
+    lines = [f"fedcodec federation: {s['rounds_completed']} round(s) in {s['seconds']:.1f} s"
+             + (f" (stopped: {s['stop_reason']})" if s["stop_reason"] else "")]
+    lines.append(f"  per client and round: {s['bytes_per_client_per_round_down'] / 1024:.1f} KB down "
+                 f"({100 * (s['ratio_subset_to_full'] or 0):.2f}% of the full codec's "
+                 f"{s['full_codec_state_bytes'] / 1024:.0f} KB), {s['bytes_per_client_per_round_up'] / 1024:.1f} KB up")
+    if s["before"] and s["after"]:
+        b, a = s["before"], s["after"]
+        lines.append(f"  held-out (mean over eval qualities): bpp {b['eval_bpp']:.4f} -> {a['eval_bpp']:.4f}, "
+                     f"Dice {b['eval_dice']:.3f} -> {a['eval_dice']:.3f}")
+    if s["epsilon_central"]:
+        e = s["epsilon_central"]
+        lines.append(f"  central DP: epsilon {e['epsilon']:.3f} at delta {e['delta']:g} after {e['releases']} release(s)")
+    if s["epsilon_sample_max"] is not None:
+        lines.append(f"  sample-level DP: max hospital epsilon {s['epsilon_sample_max']:.3f}")
+    if s["rejected_updates"] or s["failed_replies"]:
+        lines.append(f"  rejected updates: {s['rejected_updates']}, failed replies: {s['failed_replies']}")
+    if s["exported_codec"]:
+        lines.append(f"  adapted codec: {s['exported_codec']}")
+    lines.append(f"  metrics: {Path(s['out_dir']) / 'metrics.json'}, {Path(s['out_dir']) / 'metrics.csv'}")
+    return "\n".join(lines)
