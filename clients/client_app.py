@@ -44,6 +44,8 @@ ERROR_CODE = 2                        # flwr.common.constant.ErrorCode.CLIENT_AP
 class SimulatedDropout(FedcodecError):
     """A simulated hospital leaves this round (simulation scenarios only)."""
 
+    safe_to_send = True
+
 
 def central_dp_clipping_mod(msg: Message, context: Context, call_next: Any) -> Message:
     """Flower's ``fixedclipping_mod`` when the server asks for clipping (central DP on), else a no-op.
@@ -66,12 +68,13 @@ def _single(records: dict, what: str) -> Any:
     return next(iter(records.values()))
 
 
-def _error_reply(msg: Message, exc: BaseException) -> Message:
-    reason = site.describe_error(exc)
+def _error_reply(msg: Message, context: Context, exc: BaseException) -> Message:
+    """An error reply; the full error stays in the site's log, the server gets a reason without local paths."""
     if not isinstance(exc, FedcodecError):
         log.error("ClientApp failed:\n%s", traceback.format_exc())
     else:
-        log.warning("ClientApp refused: %s", reason)
+        log.warning("ClientApp refused: %s: %s", type(exc).__name__, exc)
+    reason = site.describe_error(exc, context.node_config, context.run_config)
     return Message(Error(code=ERROR_CODE, reason=reason), reply_to=msg)
 
 
@@ -128,7 +131,7 @@ def train(msg: Message, context: Context) -> Message:
         content = RecordDict({"arrays": reply_arrays, "metrics": MetricRecord(metrics)})
         return Message(content=content, reply_to=msg)
     except Exception as exc:  # every failure becomes an error reply with a reason
-        return _error_reply(msg, exc)
+        return _error_reply(msg, context, exc)
 
 
 @app.evaluate()
@@ -139,4 +142,4 @@ def evaluate(msg: Message, context: Context) -> Message:
         metrics = site.evaluate_site(codec, task_net, data, context.run_config)
         return Message(content=RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
     except Exception as exc:
-        return _error_reply(msg, exc)
+        return _error_reply(msg, context, exc)

@@ -28,7 +28,7 @@ import torch
 from fedcodec.adapt import AdaptConfig, DPConfig, adapt
 from fedcodec.codec import SemanticCodec
 from fedcodec.data import Sample, load_folder, make_phantoms
-from fedcodec.errors import DataError, ModelMismatchError
+from fedcodec.errors import DataError, ModelMismatchError, UpdateRejectedError
 from fedcodec.evaluate import evaluate_codec, uncompressed_dice
 from fedcodec.model_io import load_codec, load_task
 from server import config as C
@@ -79,15 +79,15 @@ def load_site_task(path: str | None) -> torch.nn.Module:
 
 
 def check_base(site_hash: str, expected: str, model_path: str) -> None:
-    """Refuse to work on a subset made for another base codec."""
+    """Refuse to work on a subset made for another base codec (the message names no local path)."""
     if not expected:
         raise ModelMismatchError("the server did not send the base codec's identity hash; refusing to train")
     if site_hash != expected:
-        where = model_path or "the embedded default codec"
+        log.warning("base codec mismatch: the site's codec is %s", model_path or "the embedded default")
         raise ModelMismatchError(
-            f"base codec mismatch: this site's codec ({where}) has base identity {site_hash[:16]}..., the "
-            f"server's subset was made for base {expected[:16]}...; provision the server's pretrained codec "
-            f"at this site (node config model-path) before joining; refusing to train")
+            f"base codec mismatch: this site's codec has base identity {site_hash[:16]}..., the server's subset "
+            f"was made for base {expected[:16]}...; provision the server's pretrained codec at this site (node "
+            "config model-path) before joining; refusing to train")
 
 
 @dataclass
@@ -188,10 +188,6 @@ def train_site(codec: SemanticCodec, task_net: torch.nn.Module, data: SiteData, 
     ``dice``, ``epsilon``, ``seconds``) and the Opacus accountant history (empty without sample-level DP).
     """
     cfg = adapt_config(run_config, codec.num_qualities, groups, prox_mu, seed_offset=1000 * server_round)
-    if cfg.dp is not None:
-        # Opacus refuses a module in eval mode at make_private, which fedcodec.adapt calls before codec.train()
-        # (load_codec returns an eval-mode codec); adapt puts the modules it needs in eval mode itself.
-        codec.train()
     result = adapt(codec, task_net, data.train, cfg, global_state=dict(global_state), dp_history=dp_history)
     m = result.metrics
     metrics = {"num-examples": 1.0 if equal_weights else float(m["examples"]), "examples": float(m["examples"]),
@@ -218,9 +214,29 @@ def evaluate_site(codec: SemanticCodec, task_net: torch.nn.Module, data: SiteDat
     return out
 
 
-def describe_error(exc: BaseException) -> str:
-    """A one-line reason for an error reply (the exception's type and message, at most 500 characters)."""
-    return f"{type(exc).__name__}: {exc}"[:500]
+#: Errors whose messages fedcodec composes from hashes, parameter names and settings only: safe to send.
+SAFE_ERRORS = (ModelMismatchError, UpdateRejectedError)
+
+
+def describe_error(exc: BaseException, node_config: Mapping[str, Any] | None = None,
+                   run_config: Mapping[str, Any] | None = None) -> str:
+    """The reason sent to the server in an error reply.
+
+    Other errors' messages may name local files (a data folder, an image, a sample without a mask), which must
+    not leave the site: the server gets the error type only, the site's log keeps the details. Configured paths
+    are redacted from whatever is sent, as a second guard.
+    """
+    if isinstance(exc, SAFE_ERRORS) or getattr(exc, "safe_to_send", False):
+        text = f"{type(exc).__name__}: {exc}"
+    else:
+        text = (f"{type(exc).__name__} at the site (details are in the site's log; they are not sent because "
+                "they may name local files)")
+    for cfg in (node_config or {}, run_config or {}):
+        for key in ("data-dir", "eval-dir", "model-path", "task-path"):
+            value = str(cfg.get(key, "") or "").strip()
+            if value:
+                text = text.replace(value, f"<{key}>")
+    return text[:500]
 
 
 def sim_is_attacker(node_config: Mapping[str, Any], run_config: Mapping[str, Any]) -> str:

@@ -109,6 +109,7 @@ def test_site_with_another_base_codec_refuses_to_train(tiny_assets, tmp_path):  
     errors = [m.error.reason for m in grid.received if m.has_error()]
     assert len(errors) == 3   # round-0 evaluate, train, evaluate of the mismatched site
     assert all("base codec mismatch" in e and "refusing to train" in e for e in errors)
+    assert not any(other["codec"] in e or str(tmp_path) in e for e in errors)   # no local paths leave the site
     rounds = json.loads((tmp_path / "out" / "metrics.json").read_text())["rounds"]
     assert rounds[1]["hospitals"] == 2 and rounds[1]["failed"] == 1 and rounds[1]["aggregated"]
     assert summary["failed_replies"] == 1

@@ -122,3 +122,19 @@ def test_the_budget_stops_the_federation(tiny_assets, tmp_path):  # noqa: F811
     assert "privacy budget" in summary["stop_reason"]
     assert summary["epsilon_central"]["epsilon"] == pytest.approx(eps[0])
     assert (tmp_path / "out" / "adapted_codec.pt").is_file()
+
+
+def test_error_replies_name_no_local_files(tiny_assets, tmp_path):  # noqa: F811
+    good = write_site_folder(tmp_path / "hospital-ok", hospital=1, n=2)
+    unannotated = write_site_folder(tmp_path / "hospital-7-private", hospital=2, n=2)
+    for mask in (unannotated / "masks").iterdir():   # a site whose images lack masks: a DataError naming files
+        mask.unlink()
+    node_configs = [{"data-dir": str(good)}, {"data-dir": str(unannotated)},
+                    {"data-dir": str(tmp_path / "missing-folder-of-hospital-9")}]
+    rc = run_config(tiny_assets, tmp_path / "out", {"num-server-rounds": 1})
+    summary, grid = run_inprocess(rc, 3, node_configs)
+    errors = [m.error.reason for m in grid.received if m.has_error()]
+    assert len(errors) == 6 and all(e.startswith("DataError at the site") for e in errors)
+    for e in errors:
+        assert "hospital-7" not in e and "missing-folder" not in e and str(tmp_path) not in e and "h2_" not in e
+    assert summary["rounds_completed"] == 1
