@@ -237,10 +237,11 @@ def strategy_state(strategy: Strategy) -> dict:
 def load_strategy_state(strategy: Strategy, state: dict) -> None:
     """Restore what :func:`strategy_state` saved (raises ValueError on a mismatching strategy or accountant)."""
     base = base_strategy(strategy)
-    if state.get("name") and state["name"] != type(base).__name__:
-        raise ValueError(f"checkpoint strategy {state['name']} differs from the configured {type(base).__name__}")
     for attr in ("m_t", "v_t"):
         if attr in state:
+            if not hasattr(base, attr):
+                raise ValueError(f"the checkpoint holds {state.get('name', 'FedOpt')} moments ({attr}) that the "
+                                 f"configured {type(base).__name__} cannot use; resume with the same strategy")
             setattr(base, attr, {k: np.asarray(v) for k, v in state[attr].items()})
     dp = dp_wrapper(strategy)
     if "accountant" in state:
