@@ -24,8 +24,8 @@ DEFAULTS: dict[str, Any] = {
     "round-timeout": 1800,            # seconds to wait for the replies of one round
     "evaluate-before": True,          # federated evaluation of the pretrained subset as round 0
     # local adaptation (fedcodec.adapt.AdaptConfig)
-    "local-steps": 20,
-    "lr": 0.003,
+    "local-steps": 10,
+    "lr": 0.001,
     "shots": 1,                       # K annotated samples per hospital used for training
     "groups": "policy,adapters",      # parameter groups that train and travel
     "lambda-d": 0.0002,
