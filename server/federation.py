@@ -43,6 +43,7 @@ from strategies import (
     StrategySpec,
     ValidatedStrategy,
     build_strategy,
+    central_dp_noise_scale,
     load_strategy_state,
     privacy_spent,
     strategy_state,
@@ -354,6 +355,10 @@ def run_federation(grid: Grid, run_config: Mapping[str, Any] | None = None, run_
         "central_dp": spec.central_dp, "sample_dp": C.get(rc, "sample-dp.enabled"),
         "run_config": {k: rc.get(k, v) for k, v in C.DEFAULTS.items()},
     }
+    if spec.central_dp:
+        run_info["central_dp_noise"] = central_dp_noise_scale(
+            spec.dp_noise_multiplier, spec.dp_clipping_norm, run_info["hospitals_per_round"],
+            run_info["subset_parameters"])
     write_json(out_dir / "run.json", run_info)
     say(f"fedcodec federation: {len(nodes)} hospital(s) connected, strategy {spec.name}, groups "
         f"{','.join(groups)}, subset {run_info['subset_parameters']} parameters = {subset_raw / 1024:.1f} KB "
@@ -362,6 +367,16 @@ def run_federation(grid: Grid, run_config: Mapping[str, Any] | None = None, run_
     if spec.central_dp:
         say(f"fedcodec federation: central DP on (noise multiplier {spec.dp_noise_multiplier}, clipping norm "
             f"{spec.dp_clipping_norm}, delta {spec.dp_delta}, budget {spec.dp_max_epsilon or 'none'})")
+        scale = run_info["central_dp_noise"]
+        say(f"fedcodec federation: central DP noise std {scale['noise_std_per_coordinate']:.4g} per coordinate, "
+            f"expected noise norm {scale['noise_to_update_ratio']:.2f}x the clipping norm on the mean update of "
+            f"{run_info['hospitals_per_round']} hospital(s)")
+        if scale["noise_to_update_ratio"] > 1.0:
+            log.warning("central DP: the noise on the mean update is %.1fx larger than the largest possible update "
+                        "(%d hospitals per round, %d subset parameters); expect the adapted codec to degrade. About "
+                        "%d hospitals per round would bring it to 1x at this noise multiplier.",
+                        scale["noise_to_update_ratio"], run_info["hospitals_per_round"],
+                        run_info["subset_parameters"], scale["hospitals_for_ratio_1"])
     if C.get(rc, "sample-dp.enabled"):
         say(f"fedcodec federation: sample-level DP-SGD on at every hospital (noise multiplier "
             f"{C.get(rc, 'sample-dp.noise-multiplier')}, max grad norm {C.get(rc, 'sample-dp.max-grad-norm')}, "

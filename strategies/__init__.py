@@ -16,6 +16,7 @@ from strategies.factory import (
     STRATEGIES,
     StrategySpec,
     build_strategy,
+    central_dp_noise_scale,
     load_strategy_state,
     privacy_spent,
     strategy_state,
@@ -25,6 +26,7 @@ from strategies.validation import check_arrays, check_evaluate_reply, check_metr
 
 __all__ = [
     "DP_COMPATIBLE", "STRATEGIES", "RoundStats", "StrategySpec", "ValidatedStrategy", "aggregate_evaluate_metrics",
-    "aggregate_train_metrics", "build_strategy", "check_arrays", "check_evaluate_reply", "check_metrics",
+    "aggregate_train_metrics", "build_strategy", "central_dp_noise_scale", "check_arrays", "check_evaluate_reply",
+    "check_metrics",
     "check_train_reply", "load_strategy_state", "privacy_spent", "strategy_state", "update_norm",
 ]

@@ -192,6 +192,26 @@ def build_strategy(spec: StrategySpec) -> ValidatedStrategy:
     return ValidatedStrategy(inner, max_update_norm=max_norm, min_valid_replies=spec.min_valid_replies)
 
 
+def central_dp_noise_scale(noise_multiplier: float, clipping_norm: float, hospitals_per_round: int,
+                           subset_parameters: int) -> dict:
+    """How large the server's Gaussian noise is next to the update it protects (a planning figure).
+
+    Flower's client-side fixed-clipping wrapper adds noise with standard deviation
+    ``noise_multiplier * clipping_norm / hospitals_per_round`` to every coordinate of the mean update, whose L2
+    norm is at most ``clipping_norm``. The expected L2 norm of the noise over ``d`` coordinates is about
+    ``std * sqrt(d)``, so ``noise_to_update_ratio = noise_multiplier * sqrt(d) / hospitals_per_round``: above 1
+    the noise is larger than the largest possible mean update and the adapted subset degrades; it falls only
+    with more hospitals per round (or a smaller subset, or less noise, i.e. a larger epsilon).
+    """
+    n = max(1, int(hospitals_per_round))
+    std = noise_multiplier * clipping_norm / n
+    ratio = noise_multiplier * float(np.sqrt(max(1, int(subset_parameters)))) / n
+    return {"noise_std_per_coordinate": std, "expected_noise_norm": std * float(np.sqrt(max(1, subset_parameters))),
+            "noise_to_update_ratio": ratio,
+            # hospitals per round at which the noise norm equals the clipping norm, at this noise multiplier
+            "hospitals_for_ratio_1": int(np.ceil(noise_multiplier * np.sqrt(max(1, subset_parameters))))}
+
+
 # ---------------------------------------------------------------------------------------------- state
 
 

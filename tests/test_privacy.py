@@ -138,3 +138,24 @@ def test_error_replies_name_no_local_files(tiny_assets, tmp_path):  # noqa: F811
     for e in errors:
         assert "hospital-7" not in e and "missing-folder" not in e and str(tmp_path) not in e and "h2_" not in e
     assert summary["rounds_completed"] == 1
+
+
+def test_central_dp_noise_scale_matches_the_noise_flower_adds(dp_run):
+    """The planning figure the server prints (noise std sigma*C/n per coordinate) is the noise Flower really adds:
+    round 2's broadcast subset minus the mean of round 1's (clipped, equally weighted) replies."""
+    run = json.loads((dp_run["out"] / "run.json").read_text())
+    scale = run["central_dp_noise"]
+    n = run["hospitals_per_round"]
+    assert n == 3 and scale["noise_std_per_coordinate"] == pytest.approx(0.8 * CLIP / n)
+    assert scale["noise_to_update_ratio"] == pytest.approx(0.8 * np.sqrt(run["subset_parameters"]) / n)
+    grid = dp_run["grid"]
+    train = [(s, r) for s, r in zip(grid.sent, grid.received) if s.metadata.message_type == "train"]
+    assert len(train) == 2 * n                      # the grid records messages in order: round 1, then round 2
+    r1, r2 = train[:n], train[n:]
+    flat = lambda rec: np.concatenate([a.numpy().ravel() for a in rec.values()])  # noqa: E731
+    mean_reply = np.mean([flat(reply.content["arrays"]) for _, reply in r1], axis=0)
+    broadcast = flat(r2[0][0].content["arrays"])
+    noise = broadcast - mean_reply
+    assert noise.size == run["subset_parameters"] > 500
+    assert abs(noise.mean()) < 4 * scale["noise_std_per_coordinate"] / np.sqrt(noise.size)
+    assert noise.std() == pytest.approx(scale["noise_std_per_coordinate"], rel=0.1)
