@@ -8,6 +8,8 @@ Commands (``fedcodec COMMAND --help`` for every flag):
 - ``adapt``      few-shot adaptation of the adaptable subset on K annotated samples of one site
 - ``evaluate``   rate-task curves from real bitstreams (+ anchors, BD-rate, latency model)
 - ``encode`` / ``decode``  a real bitstream from / to an image (PNG, TIFF, DICOM in; PNG out)
+- ``inspect``    where the bits of a bitstream go: bits per 16x16 block and the policy head's gain map
+                 (PNG + JSON), and with ``--mask`` the share of the bits inside the annotated region
 - ``export``     merge an adapted parameter subset (e.g. a federated checkpoint) into a codec file
 - ``info``       parameter groups, adaptable fraction and identity hashes of a codec
 
@@ -118,6 +120,14 @@ def build_parser() -> argparse.ArgumentParser:
                    "(after the codec's feature head) instead of the reconstruction")
     p.add_argument("input")
     p.add_argument("output")
+    _add_overwrite(p)
+
+    p = sub.add_parser("inspect", help="where the bits of a bitstream go (bits per block, policy gain map)")
+    _add_model(p)
+    p.add_argument("--mask", default=None, help="mask PNG of the encoded image (nonzero = region of interest): "
+                   "report the share of the bits inside it")
+    p.add_argument("input", help="a fedcodec bitstream")
+    p.add_argument("output", help="PNG figure; the figures also go to OUTPUT with the suffix .json")
     _add_overwrite(p)
 
     p = sub.add_parser("export", help="merge an adapted parameter subset into a codec file")
@@ -285,6 +295,39 @@ def cmd_decode(args: argparse.Namespace) -> None:
     print(f"{path} -> {out} ({header.width}x{header.height}, {header.bit_depth}-bit, quality {header.quality + 1})")
 
 
+def cmd_inspect(args: argparse.Namespace) -> None:
+    from fedcodec.allocation import bit_allocation, plot_allocation
+    from fedcodec.data import read_mask
+    from fedcodec.errors import BitstreamError
+    from fedcodec.model_io import check_new_output, load_codec, write_json
+
+    if Path(args.output).suffix.lower() != ".png":
+        raise _usage(f"the output of inspect is a PNG figure (OUTPUT.png), got {args.output}")
+    out = check_new_output(args.output, args.overwrite)
+    out_json = check_new_output(out.with_suffix(".json"), args.overwrite)
+    path = Path(args.input)
+    if not path.is_file():
+        raise BitstreamError(f"{path}: bitstream file not found")
+    alloc = bit_allocation(load_codec(args.model), path.read_bytes())
+    h = alloc.header
+    mask = read_mask(args.mask, (h.height, h.width)) if args.mask else None
+    report: dict[str, Any] = {"input": str(path), "model": args.model or "embedded default",
+                              "mask": args.mask, **alloc.summary()}
+    if mask is not None:
+        report["region"] = alloc.region_share(mask)
+    plot_allocation(alloc, out, mask=mask, title=path.name)
+    write_json(out_json, report)
+    print(f"{path}: {h.width}x{h.height}, quality {h.quality + 1}, {alloc.total_bytes} bytes ({report['bpp']:.4f} "
+          f"bpp): latent {alloc.y_bytes} B, hyper-latent {alloc.z_bytes} B; policy gain "
+          f"{report['policy_gain_min']:.2f}-{report['policy_gain_max']:.2f}")
+    if mask is not None:
+        r = report["region"]
+        print(f"region of interest: {100 * r['area_share']:.1f}% of the area, {100 * r['bit_share']:.1f}% of the "
+              f"latent bits ({r['density_ratio']:.2f}x the image's bits per pixel)" if r["area_share"] > 0 else
+              "region of interest: the mask is empty")
+    print(f"-> {out}, {out_json}")
+
+
 def cmd_export(args: argparse.Namespace) -> None:
     import torch
 
@@ -324,7 +367,8 @@ def cmd_info(args: argparse.Namespace) -> None:
 
 
 COMMANDS = {"phantoms": cmd_phantoms, "task-train": cmd_task_train, "pretrain": cmd_pretrain, "adapt": cmd_adapt,
-            "evaluate": cmd_evaluate, "encode": cmd_encode, "decode": cmd_decode, "export": cmd_export,
+            "evaluate": cmd_evaluate, "encode": cmd_encode, "decode": cmd_decode, "inspect": cmd_inspect,
+            "export": cmd_export,
             "info": cmd_info}
 
 
