@@ -6,6 +6,7 @@ The Python API mirrors the command line::
     codec, task = load_codec(), load_task()            # the embedded default
     enc = encode_image(codec, image_uint8, quality=3)  # real bytes (enc.data, enc.bpp)
     image, header = decode_image(codec, enc.data)
+    alloc = bit_allocation(codec, enc.data)            # bits per 16x16 block, policy gain map
 
 Nothing here imports Flower: federation lives in the top-level ``server``, ``clients`` and ``strategies``
 packages, which call into this library. Names are imported lazily so that ``import fedcodec`` (and the CLI's
@@ -25,7 +26,8 @@ _EXPORTS = {
     "encode_image": "fedcodec.coding", "Sample": "fedcodec.data", "load_folder": "fedcodec.data",
     "load_samples": "fedcodec.data", "make_phantoms": "fedcodec.data", "FedcodecError": "fedcodec.errors",
     "evaluate": "fedcodec.evaluate", "write_report": "fedcodec.evaluate", "load_codec": "fedcodec.model_io",
-    "load_task": "fedcodec.model_io", "save_codec": "fedcodec.model_io",
+    "load_task": "fedcodec.model_io", "save_codec": "fedcodec.model_io", "bit_allocation": "fedcodec.allocation",
+    "BitAllocation": "fedcodec.allocation",
 }
 
 __all__ = sorted(_EXPORTS)
