@@ -110,8 +110,8 @@ def bit_allocation(codec: SemanticCodec, data: bytes) -> BitAllocation:
     _, z_string, y_string = unpack(data, expected_model_id=model_id(codec))
     m = codec.multiple
     shape = (-(-header.height // m), -(-header.width // m))
-    z_hat = codec.entropy_bottleneck.decompress([z_string], shape)
     q = torch.tensor([header.quality])
+    z_hat = codec._decode_z([z_string], shape, q)
     means, scales, gain = codec.gains(z_hat, q)
     gc = codec.gaussian_conditional
     indexes = gc.build_indexes(scales * gain)

@@ -138,15 +138,21 @@ class SemanticCodec(CompressionModel):
         adapter_rank: rank of the synthesis adapters.
         policy_hidden: width of the policy head.
         gain_range: initial per-channel gains of the lowest and highest quality (geometric in between).
+        z_gain: per-quality, per-channel gains on the hyper-latent too (Cui et al.'s z gain units): ``z`` is
+            coded as ``Q(z * gz[q]) / gz[q]``, so low qualities can spend fewer bytes on side information.
+            Initialised to 1 (no change). Off by default so that codec files without it load unchanged.
     """
 
     multiple = 64  # g_a downsamples by 16 and h_a by 4 more
 
     def __init__(self, N: int = 48, M: int = 64, num_qualities: int = 8, adapter_rank: int = 8,
-                 policy_hidden: int = 24, gain_range: tuple[float, float] = (0.25, 2.0)) -> None:
+                 policy_hidden: int = 24, gain_range: tuple[float, float] = (0.25, 2.0),
+                 z_gain: bool = False) -> None:
         super().__init__()
         self.config = dict(N=N, M=M, num_qualities=num_qualities, adapter_rank=adapter_rank,
                            policy_hidden=policy_hidden, gain_range=list(gain_range))
+        if z_gain:
+            self.config["z_gain"] = True
         self.N, self.M, self.num_qualities = N, M, num_qualities
         self.g_a = nn.Sequential(conv(1, N), GDN(N), conv(N, N), GDN(N), conv(N, N), GDN(N), conv(N, M))
         # Synthesis in stages so that adapters can sit between them.
@@ -167,6 +173,8 @@ class SemanticCodec(CompressionModel):
         log_gains = torch.linspace(math.log(lo), math.log(hi), num_qualities)
         # Per-quality, per-channel log-gains (Cui et al. gain units), part of the base codec.
         self.log_gain = nn.Parameter(log_gains[:, None].repeat(1, M).clone())
+        # Per-quality, per-channel log-gains of the hyper-latent (base codec; absent when z_gain is off).
+        self.log_z_gain = nn.Parameter(torch.zeros(num_qualities, N)) if z_gain else None
         self.policy = PolicyHead(M, num_qualities, hidden=policy_hidden)
         self.adapters = nn.ModuleList([ResidualAdapter(N, adapter_rank) for _ in range(3)])
         self.feature_head = FeatureHead()
@@ -211,11 +219,27 @@ class SemanticCodec(CompressionModel):
         """The image the cloud task network sees: ``x_hat`` through the feature head."""
         return self.feature_head(x_hat)
 
-    def _z_hat(self, z: torch.Tensor, noisy: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    def _z_gain(self, quality: torch.Tensor) -> torch.Tensor | None:
+        """``(B, N, 1, 1)`` hyper-latent gains of ``quality``, or None without z gains."""
+        if self.log_z_gain is None:
+            return None
+        return torch.exp(self.log_z_gain[quality])[:, :, None, None]
+
+    def _z_hat(self, z: torch.Tensor, noisy: bool, quality: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        zg = self._z_gain(quality)
+        if zg is not None:
+            z = z * zg
         _, z_likelihoods = self.entropy_bottleneck(z, training=noisy)
         medians = self.entropy_bottleneck._get_medians()
         # The synthesis path always sees rounded values (straight-through), as at decode time.
-        return _ste_round(z - medians) + medians, z_likelihoods
+        z_hat = _ste_round(z - medians) + medians
+        return (z_hat / zg if zg is not None else z_hat), z_likelihoods
+
+    def _decode_z(self, z_strings: Sequence[bytes], shape: tuple[int, int], quality: torch.Tensor) -> torch.Tensor:
+        """The decoder's ``z_hat`` from the hyper-latent strings (gain removed)."""
+        z_hat = self.entropy_bottleneck.decompress(list(z_strings), shape)
+        zg = self._z_gain(quality)
+        return z_hat / zg if zg is not None else z_hat
 
     # ------------------------------------------------------------------ forward (training and exact eval)
     def forward(self, x: torch.Tensor, quality: int | torch.Tensor, noisy: bool | None = None) -> dict:
@@ -236,7 +260,7 @@ class SemanticCodec(CompressionModel):
         q = self._quality_tensor(quality, x.shape[0], x.device)
         y = self.g_a(x)
         z = self.h_a(y)
-        z_hat, z_likelihoods = self._z_hat(z, noisy)
+        z_hat, z_likelihoods = self._z_hat(z, noisy, q)
         means, scales, gain = self.gains(z_hat, q)
         centred = (y - means) * gain
         _, y_likelihoods = self.gaussian_conditional(centred, scales * gain, training=noisy)
@@ -258,8 +282,9 @@ class SemanticCodec(CompressionModel):
         q = self._quality_tensor(quality, x.shape[0], x.device)
         y = self.g_a(x)
         z = self.h_a(y)
-        z_strings = self.entropy_bottleneck.compress(z)
-        z_hat = self.entropy_bottleneck.decompress(z_strings, z.shape[-2:])
+        zg = self._z_gain(q)
+        z_strings = self.entropy_bottleneck.compress(z * zg if zg is not None else z)
+        z_hat = self._decode_z(z_strings, tuple(z.shape[-2:]), q)
         means, scales, gain = self.gains(z_hat, q)
         indexes = self.gaussian_conditional.build_indexes(scales * gain)
         y_strings = self.gaussian_conditional.compress((y - means) * gain, indexes)
@@ -268,8 +293,8 @@ class SemanticCodec(CompressionModel):
     @torch.no_grad()
     def decompress(self, strings: Sequence[Sequence[bytes]], shape: tuple[int, int], quality: int) -> dict:
         """Inverse of :meth:`compress`: returns ``{"x_hat": (B, 1, 64*h_z, 64*w_z)}`` (not clamped)."""
-        z_hat = self.entropy_bottleneck.decompress(strings[1], shape)
-        q = self._quality_tensor(quality, z_hat.shape[0], z_hat.device)
+        q = self._quality_tensor(quality, len(strings[1]), self.log_gain.device)
+        z_hat = self._decode_z(strings[1], shape, q)
         means, scales, gain = self.gains(z_hat, q)
         indexes = self.gaussian_conditional.build_indexes(scales * gain)
         centred_hat = self.gaussian_conditional.decompress(strings[0], indexes, dtype=z_hat.dtype)

@@ -157,3 +157,29 @@ def test_bitstream_from_another_model(codec, phantom):
     assert model_id(other) != model_id(codec)
     with pytest.raises(ModelMismatchError):
         decode_image(codec, data)
+
+
+def test_hyper_latent_gains_round_trip_and_cut_side_information(phantom):
+    from conftest import TINY_CODEC
+
+    torch.manual_seed(0)
+    codec = SemanticCodec(**TINY_CODEC, z_gain=True)
+    with torch.no_grad():
+        codec.g_a[-1].weight.mul_(30)
+        codec.h_a[-1].weight.mul_(1000)    # hyper-latents far outside the untrained prior: costly escape codes
+        codec.log_z_gain[0].fill_(np.log(0.01))  # quality 0: the hyper-latent at 1 % of its precision
+    codec.update(force=True)
+    codec.eval()
+    x = torch.from_numpy(phantom.image.astype(np.float32) / 255)[None, None]
+    z_bytes = {}
+    for q in (0, codec.num_qualities - 1):
+        enc = codec.compress(x, q)
+        dec = codec.decompress(enc["strings"], enc["shape"], q)["x_hat"]
+        with torch.no_grad():
+            fwd = codec(x, q)["x_hat"]
+        assert torch.allclose(dec, fwd, atol=1e-4), f"quality {q}: max diff {(dec - fwd).abs().max()}"
+        z_bytes[q] = len(enc["strings"][1][0])
+    assert z_bytes[0] < z_bytes[codec.num_qualities - 1], z_bytes
+    assert "log_z_gain" in codec.state_dict() and codec.config["z_gain"] is True
+    assert group_of("log_z_gain") == "base"
+    assert "log_z_gain" not in make_tiny_codec(0).state_dict()   # off by default: older codec files load unchanged
