@@ -76,6 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(d, name), dest=name)
     p.add_argument("--lambda-adv", type=float, default=d.lambda_adv, help="label-map discriminator weight")
     p.add_argument("--mse", action="store_true", help="train an MSE codec (no task loss) as a baseline")
+    p.add_argument("--z-gain", action="store_true", help="per-quality gains on the hyper-latent (added, neutral, "
+                   "to an --init codec that has none)")
+    p.add_argument("--init", default=None, help="continue from this codec file with the fine-tune schedule "
+                   "(semantic stage, lr 1e-4); --N/--M/--num-qualities are then the file's")
     _add_overwrite(p)
 
     a = AdaptConfig()
@@ -184,7 +188,12 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
 
     fields = ("steps", "batch_size", "crop", "images", "image_size", "hospital", "seed", "N", "M",
               "num_qualities", "task_steps", "lambda_adv")
-    config = PretrainConfig(**{k: getattr(args, k) for k in fields}, semantic=not args.mse)
+    from fedcodec.pretrain import fine_tune_stages
+
+    config = PretrainConfig(**{k: getattr(args, k) for k in fields}, semantic=not args.mse, z_gain=args.z_gain,
+                            init=args.init or "")
+    if args.init:
+        config.stages = fine_tune_stages()
     task_net = load_task(args.task) if args.task else None
     codec, _, summary = pretrain(config, args.out, task_net=task_net, overwrite=args.overwrite)
     counts = summary["parameter_counts"]

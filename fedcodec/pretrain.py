@@ -43,6 +43,11 @@ def default_stages() -> list[Stage]:
             Stage("semantic", 0.9, 2e-4, 1.0, 3e-4)]
 
 
+def fine_tune_stages() -> list[Stage]:
+    """The schedule when training continues from a codec file (``init``): the semantic stage, lower rate."""
+    return [Stage("semantic fine-tune", 1.0, 2e-4, 1.0, 1e-4)]
+
+
 @dataclass
 class PretrainConfig:
     """Every knob of ``fedcodec pretrain`` (the CLI flags mirror these names)."""
@@ -60,6 +65,9 @@ class PretrainConfig:
     lambda_adv: float = 0.0
     task_steps: int = 800
     semantic: bool = True           # False trains an MSE codec of the same architecture (a baseline)
+    z_gain: bool = False            # per-quality gains on the hyper-latent (SemanticCodec z_gain)
+    init: str = ""                  # continue from this codec file (its N, M and qualities; z gains added if set)
+    gain_lr_scale: float = 10.0     # learning-rate multiplier of the per-quality gains (log-gains move slowly)
     stages: list[Stage] = field(default_factory=default_stages)
     log_every: int = 100
     checkpoint_every: int = 1000
@@ -74,6 +82,21 @@ def _crops(images: np.ndarray, masks: np.ndarray, rng: np.random.Generator, batc
     flip = rng.random(batch) < 0.5
     x[flip], m[flip] = x[flip, :, ::-1], m[flip, :, ::-1]
     return torch.from_numpy(x[:, None].copy()), torch.from_numpy(m[:, None].copy())
+
+
+def initial_codec(config: PretrainConfig) -> SemanticCodec:
+    """A fresh codec, or the codec in ``config.init`` (with neutral z gains added when ``config.z_gain``)."""
+    if not config.init:
+        return SemanticCodec(N=config.N, M=config.M, num_qualities=config.num_qualities, z_gain=config.z_gain)
+    from fedcodec.model_io import load_codec
+
+    start = load_codec(config.init)
+    if not config.z_gain or start.log_z_gain is not None:
+        return start
+    codec = SemanticCodec(**{**start.config, "z_gain": True})
+    missing, unexpected = codec.load_state_dict(start.state_dict(), strict=False)
+    assert missing == ["log_z_gain"] and not unexpected, (missing, unexpected)
+    return codec
 
 
 def pretrain(config: PretrainConfig, out_dir: str | Path, task_net: torch.nn.Module | None = None,
@@ -97,12 +120,17 @@ def pretrain(config: PretrainConfig, out_dir: str | Path, task_net: torch.nn.Mod
     task_net = freeze(task_net)
     task_seconds = time.perf_counter() - start
 
-    codec = SemanticCodec(N=config.N, M=config.M, num_qualities=config.num_qualities)
+    codec = initial_codec(config)
+    # A codec file given as ``init`` fixes the architecture; record what is really trained.
+    config.N, config.M, config.num_qualities = codec.N, codec.M, codec.num_qualities
     trainable = codec.set_trainable(["base", "policy"])
     aux_params = [p for k, p in codec.named_parameters() if k.endswith(".quantiles")]
     for p in aux_params:
         p.requires_grad_(True)
-    opt = torch.optim.Adam(trainable, lr=config.stages[0].lr)
+    gain_ids = {id(p) for k, p in codec.named_parameters() if k in ("log_gain", "log_z_gain")}
+    param_groups = [{"params": [p for p in trainable if id(p) not in gain_ids], "scale": 1.0},
+                    {"params": [p for p in trainable if id(p) in gain_ids], "scale": config.gain_lr_scale}]
+    opt = torch.optim.Adam(param_groups, lr=config.stages[0].lr)
     aux_opt = torch.optim.Adam(aux_params, lr=1e-3)
     disc = LabelMapDiscriminator() if config.lambda_adv > 0 else None
     disc_opt = torch.optim.Adam(disc.parameters(), lr=1e-4) if disc is not None else None
@@ -128,7 +156,7 @@ def pretrain(config: PretrainConfig, out_dir: str | Path, task_net: torch.nn.Mod
         # cosine decay of the learning rate within each stage
         frac = (step - step_start) / max(stage_len, 1)
         for group in opt.param_groups:
-            group["lr"] = stage.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac)))
+            group["lr"] = group["scale"] * stage.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac)))
 
         x, m = _crops(images, masks, rng, config.batch_size, config.crop)
         quality = torch.from_numpy(rng.integers(0, config.num_qualities, config.batch_size))

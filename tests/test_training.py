@@ -128,6 +128,23 @@ def test_tiny_pretrain_writes_loadable_outputs(tmp_path, tiny_task_path):
         pretrain(config, tmp_path / "pt", task_net=load_task(tiny_task_path))
 
 
+def test_fine_tune_from_a_codec_file_adds_neutral_hyper_latent_gains(tmp_path, tiny_codec_path, tiny_task_path):
+    from fedcodec.pretrain import PretrainConfig, fine_tune_stages, initial_codec, pretrain
+
+    start = load_codec(tiny_codec_path)
+    config = PretrainConfig(steps=3, batch_size=2, crop=64, images=3, image_size=128, init=str(tiny_codec_path),
+                            z_gain=True, stages=fine_tune_stages(), log_every=1)
+    fresh = initial_codec(config)
+    assert fresh.config == {**start.config, "z_gain": True} and torch.all(fresh.log_z_gain == 0)
+    for key, value in start.state_dict().items():           # everything else starts from the file
+        assert torch.equal(fresh.state_dict()[key], value), key
+    codec, _, summary = pretrain(config, tmp_path / "ft", task_net=load_task(tiny_task_path))
+    tuned = load_codec(tmp_path / "ft" / "codec.pt")
+    assert tuned.config["z_gain"] is True and tuned.identity_hash() == codec.identity_hash()
+    assert not torch.all(tuned.log_z_gain == 0)             # the gains train (at gain_lr_scale x the rate)
+    assert summary["config"]["init"] == str(tiny_codec_path) and summary["config"]["stages"][0]["lr"] == 1e-4
+
+
 def test_task_network_files(tmp_path):
     from fedcodec.model_io import save_task
 
