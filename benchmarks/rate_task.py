@@ -5,7 +5,7 @@ Compares, on ``--n`` held-out phantoms of hospital ``--hospital`` (``make_phanto
 hospital=H)``):
 
 - ``mse-codec``: an MSE-trained codec of the same architecture (``--mse-model``, made by
-  ``fedcodec pretrain --mse --out runs/pretrain_mse``); skipped with a note when the file is absent;
+  :data:`MSE_RECIPE`, the default's two pretraining steps with ``--mse``); skipped with a note when absent;
 - ``fedcodec-pretrained``: the task-pretrained codec (``--model``, default the embedded default);
 - ``fedcodec-K1`` / ``fedcodec-K8``: that codec after :func:`fedcodec.adapt.adapt` (default ``AdaptConfig``) on
   K annotated shots of the same hospital drawn from a DIFFERENT seed (``--shots-seed``);
@@ -42,7 +42,11 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_MD = REPO / "BENCHMARKS.md"
 DEFAULT_OUT = REPO / "benchmarks" / "results" / "rate_task"
-DEFAULT_MSE = REPO / "runs" / "pretrain_mse" / "codec.pt"
+DEFAULT_MSE = REPO / "runs" / "pretrain_mse_zgain" / "codec.pt"
+#: How the MSE baseline is made: the default's two pretraining steps with --mse (README, embedded default).
+MSE_RECIPE = ("fedcodec pretrain --mse --out runs/pretrain_mse --task fedcodec/assets/default/task.pt; "
+              "fedcodec pretrain --mse --init runs/pretrain_mse/codec.pt --task fedcodec/assets/default/task.pt "
+              "--z-gain --steps 1000 --out runs/pretrain_mse_zgain")
 ALL_ANCHORS = ("hevc", "jpeg2000", "jpeg", "webp", "avif", "jpegxl")
 SECTION = "rate_task"
 
@@ -384,6 +388,11 @@ def _pretrain_command(meta: dict, out: str) -> str | None:
             flags += [f"--{key.replace('_', '-')}", str(cfg[key])]
     if cfg.get("semantic") is False:
         flags.append("--mse")
+    if cfg.get("z_gain"):
+        flags.append("--z-gain")
+    if cfg.get("init"):
+        # a continuation: the codec it started from is the first step (see the README's embedded default)
+        flags = ["--init", "BASE/codec.pt", "--task", "BASE/task.pt", *flags]
     return shlex.join(["fedcodec", "pretrain", "--out", out, *flags])
 
 
@@ -481,12 +490,11 @@ def main(argv: list[str] | None = None) -> int:
         descriptions["mse-codec"] = f"MSE-trained, same architecture (`{rel(mse_path)}`)"
         cmd = _pretrain_command(read_codec_file(mse_path).get("meta", {}), rel(mse_path.parent))
         if cmd:
-            reproduce.append(cmd + "   # the MSE baseline")
+            reproduce.append(cmd + "   # the MSE baseline (BASE: `fedcodec pretrain --mse --out BASE`)")
     else:
         why = "no --mse-model given" if mse_path is None else f"{rel(mse_path)} does not exist"
-        notes.append(f"MSE-trained codec skipped ({why}); make it with "
-                     f"`fedcodec pretrain --mse --out {rel(DEFAULT_MSE.parent)}` (same flags as the default's "
-                     "pretraining) and rerun.")
+        notes.append(f"MSE-trained codec skipped ({why}); make it with `{MSE_RECIPE}` (the default's two "
+                     "pretraining steps with --mse) and rerun.")
         log.warning("MSE codec skipped: %s", why)
 
     # ---- few-shot adaptation of copies of the pretrained codec
@@ -527,7 +535,8 @@ def main(argv: list[str] | None = None) -> int:
     task_desc = f"`{rel(task_path)}`" + ("" if args.task else " (embedded default)")
     pre_cmd = _pretrain_command(model_meta, "DIR")
     if pre_cmd:
-        reproduce.insert(0, pre_cmd + "   # how the task-pretrained codec was trained (config recorded in its file)")
+        reproduce.insert(0, pre_cmd + "   # how the task-pretrained codec was trained (config recorded in its file;"
+                         " BASE: `fedcodec pretrain --out BASE --seed 0`)")
     reproduce.append(command_line())
     results["title"] = f"Rate-task on held-out hospital {args.hospital}" + (" (QUICK SMOKE RUN)" if args.quick else "")
     results["benchmark"] = {
