@@ -78,6 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mse", action="store_true", help="train an MSE codec (no task loss) as a baseline")
     p.add_argument("--z-gain", action="store_true", help="per-quality gains on the hyper-latent (added, neutral, "
                    "to an --init codec that has none)")
+    p.add_argument("--gain-lr-scale", type=float, default=d.gain_lr_scale, help="learning-rate multiplier of "
+                   "the per-quality gains (log-gains move slowly at the base rate)")
     p.add_argument("--init", default=None, help="continue from this codec file with the fine-tune schedule "
                    "(semantic stage, lr 1e-4); --N/--M/--num-qualities are then the file's")
     _add_overwrite(p)
@@ -191,7 +193,7 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
     from fedcodec.pretrain import fine_tune_stages
 
     config = PretrainConfig(**{k: getattr(args, k) for k in fields}, semantic=not args.mse, z_gain=args.z_gain,
-                            init=args.init or "")
+                            init=args.init or "", gain_lr_scale=args.gain_lr_scale)
     if args.init:
         config.stages = fine_tune_stages()
     task_net = load_task(args.task) if args.task else None
