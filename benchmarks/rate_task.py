@@ -46,7 +46,7 @@ DEFAULT_MSE = REPO / "runs" / "pretrain_mse_zgain" / "codec.pt"
 #: How the MSE baseline is made: the default's two pretraining steps with --mse (README, embedded default).
 MSE_RECIPE = ("fedcodec pretrain --mse --out runs/pretrain_mse --task fedcodec/assets/default/task.pt; "
               "fedcodec pretrain --mse --init runs/pretrain_mse/codec.pt --task fedcodec/assets/default/task.pt "
-              "--z-gain --steps 1000 --out runs/pretrain_mse_zgain")
+              "--z-gain --gain-lr-scale 100 --steps 1500 --out runs/pretrain_mse_zgain")
 ALL_ANCHORS = ("hevc", "jpeg2000", "jpeg", "webp", "avif", "jpegxl")
 SECTION = "rate_task"
 
@@ -390,6 +390,8 @@ def _pretrain_command(meta: dict, out: str) -> str | None:
         flags.append("--mse")
     if cfg.get("z_gain"):
         flags.append("--z-gain")
+    if cfg.get("gain_lr_scale", d.gain_lr_scale) != d.gain_lr_scale:
+        flags += ["--gain-lr-scale", f"{cfg['gain_lr_scale']:g}"]
     if cfg.get("init"):
         # a continuation: the codec it started from is the first step (see the README's embedded default)
         flags = ["--init", "BASE/codec.pt", "--task", "BASE/task.pt", *flags]

@@ -9,7 +9,8 @@ Shapes and ranges used throughout (B = batch, H and W multiples of :data:`Semant
 How the parts fit (everything but the policy head and adapters is CompressAI):
 
 ```
-y = g_a(x);  z = h_a(y);  z_hat = Q(z)                       EntropyBottleneck (factorized prior)
+y = g_a(x);  z = h_a(y);  z_hat = Q(z)                       EntropyBottleneck (factorized prior); with
+                                                            z_gain: Q(z * gz[q]) / gz[q], per quality
 mu, sigma = h_s(z_hat)                                      mean-scale hyperprior
 G = gain[quality][channel] * policy(mu, sigma, quality)     per-channel gain (Cui et al. gain units,
                                                             as in compressai.latent_codecs.gain) times a
