@@ -67,7 +67,7 @@ class PretrainConfig:
     semantic: bool = True           # False trains an MSE codec of the same architecture (a baseline)
     z_gain: bool = False            # per-quality gains on the hyper-latent (SemanticCodec z_gain)
     init: str = ""                  # continue from this codec file (its N, M and qualities; z gains added if set)
-    gain_lr_scale: float = 10.0     # learning-rate multiplier of the per-quality gains (log-gains move slowly)
+    gain_lr_scale: float = 1.0      # learning-rate multiplier of the per-quality gains (1 = the stage's rate)
     stages: list[Stage] = field(default_factory=default_stages)
     log_every: int = 100
     checkpoint_every: int = 1000
