@@ -77,11 +77,10 @@ class BitAllocation:
         """
         frac = self.block_fraction(mask)
         area = self.block_area()
-        inside_area = float((frac * area).sum())
-        area_share = inside_area / float(area.sum())
+        weights_in, weights_out = frac * area, (1 - frac) * area   # pixels inside / outside, per block
+        area_share = float(weights_in.sum()) / float(area.sum())
         total_bits = float(self.bits.sum())
         bit_share = float((frac * self.bits).sum()) / total_bits if total_bits > 0 else 0.0
-        weights_in, weights_out = frac * area, (1 - frac) * area
 
         def mean_gain(wts: np.ndarray) -> float | None:
             return float((wts * self.policy_gain).sum() / wts.sum()) if wts.sum() > 0 else None
@@ -111,18 +110,14 @@ def bit_allocation(codec: SemanticCodec, data: bytes) -> BitAllocation:
     m = codec.multiple
     shape = (-(-header.height // m), -(-header.width // m))
     q = torch.tensor([header.quality])
-    z_hat = codec._decode_z([z_string], shape, q)
-    means, scales, gain = codec.gains(z_hat, q)
-    gc = codec.gaussian_conditional
-    indexes = gc.build_indexes(scales * gain)
     try:
-        symbols = gc.decompress([y_string], indexes, dtype=z_hat.dtype)
+        lat = codec.decode_latents([[y_string], [z_string]], shape, q)
     except Exception as exc:  # already decoded once above, so this is not expected; keep the error clear
         raise BitstreamError(f"bitstream payload is corrupt ({type(exc).__name__}: {exc})") from exc
     # The likelihood the coder's tables approximate: GaussianConditional at the coded scale, symbols as coded.
-    _, likelihood = gc(symbols, scales * gain, training=False)
+    _, likelihood = codec.gaussian_conditional(lat["symbols"], lat["scales"] * lat["gain"], training=False)
     bits = (-torch.log2(likelihood)).sum(dim=1)[0]
-    policy = codec.policy(means, scales, q)[0, 0]
+    policy = codec.policy(lat["means"], lat["scales"], q)[0, 0]
     gh, gw = -(-header.height // LATENT_STRIDE), -(-header.width // LATENT_STRIDE)
     return BitAllocation(header=header, bits=bits[:gh, :gw].double().numpy(),
                          policy_gain=policy[:gh, :gw].double().numpy(), image=image,

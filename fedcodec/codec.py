@@ -294,12 +294,23 @@ class SemanticCodec(CompressionModel):
     @torch.no_grad()
     def decompress(self, strings: Sequence[Sequence[bytes]], shape: tuple[int, int], quality: int) -> dict:
         """Inverse of :meth:`compress`: returns ``{"x_hat": (B, 1, 64*h_z, 64*w_z)}`` (not clamped)."""
+        lat = self.decode_latents(strings, shape, quality)
+        return {"x_hat": self.synthesize(lat["means"] + lat["symbols"] / lat["gain"])}
+
+    @torch.no_grad()
+    def decode_latents(self, strings: Sequence[Sequence[bytes]], shape: tuple[int, int],
+                       quality: int | torch.Tensor) -> dict:
+        """Entropy-decode the strings of :meth:`compress` without synthesis.
+
+        Returns ``{"means", "scales", "gain", "symbols"}``, each ``(B, M, 4*h_z, 4*w_z)``: the decoder-side
+        hyperprior, the total gain ``G`` and the coded integers ``Q((y - mu) * G)``.
+        """
         q = self._quality_tensor(quality, len(strings[1]), self.log_gain.device)
         z_hat = self._decode_z(strings[1], shape, q)
         means, scales, gain = self.gains(z_hat, q)
         indexes = self.gaussian_conditional.build_indexes(scales * gain)
-        centred_hat = self.gaussian_conditional.decompress(strings[0], indexes, dtype=z_hat.dtype)
-        return {"x_hat": self.synthesize(means + centred_hat / gain)}
+        symbols = self.gaussian_conditional.decompress(strings[0], indexes, dtype=z_hat.dtype)
+        return {"means": means, "scales": scales, "gain": gain, "symbols": symbols}
 
     # ------------------------------------------------------------------ parameter groups
     def group_state_dict(self, groups: Iterable[str] = ADAPTABLE_GROUPS) -> dict[str, torch.Tensor]:
