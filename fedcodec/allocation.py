@@ -63,9 +63,9 @@ class BitAllocation:
 
     def block_fraction(self, mask: np.ndarray) -> np.ndarray:
         """The fraction of each latent position's block that ``mask`` (``(H, W)``, nonzero = in) covers."""
-        mask = np.asarray(mask)
-        if mask.shape != (self.header.height, self.header.width):
-            raise DataError(f"mask shape {mask.shape} differs from the image's {(self.header.height, self.header.width)}")
+        mask, shape = np.asarray(mask), (self.header.height, self.header.width)
+        if mask.shape != shape:
+            raise DataError(f"mask shape {mask.shape} differs from the image's {shape}")
         return self._blocks(mask > 0) / self.block_area()
 
     def region_share(self, mask: np.ndarray) -> dict:

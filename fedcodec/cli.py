@@ -79,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--z-gain", action="store_true", help="per-quality gains on the hyper-latent (added, neutral, "
                    "to an --init codec that has none)")
     p.add_argument("--gain-lr-scale", type=float, default=d.gain_lr_scale, help="learning-rate multiplier of "
-                   "the per-quality gains (log-gains move slowly at the stage's rate; the default's fine-tune used 100)")
+                   "the per-quality gains (they move slowly at the stage's rate; the default's fine-tune used 100)")
     p.add_argument("--init", default=None, help="continue from this codec file with the fine-tune schedule "
                    "(semantic stage, lr 1e-4); --N/--M/--num-qualities are then the file's")
     _add_overwrite(p)
