@@ -63,10 +63,24 @@ def write_site_folder(root: Path, hospital: int, n: int = 2, size: int = 64, see
     return root
 
 
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct free loopback ports.
+
+    The sockets stay open until all are chosen: probing one port at a time can hand the same port out twice
+    (it is released before the server that will use it binds), and a SuperLink and a SuperNode then race for it.
+    """
+    sockets = [socket.socket() for _ in range(n)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
 
 
 def flwr_env(home: Path, **extra: str) -> dict:

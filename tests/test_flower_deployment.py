@@ -15,7 +15,7 @@ import pytest
 from conftest_flower import (  # noqa: F401
     ROOT,
     flwr_env,
-    free_port,
+    free_ports,
     run_status,
     stop_process,
     tiny_assets,
@@ -29,7 +29,7 @@ pytestmark = pytest.mark.slow
 def test_superlink_and_two_supernodes_on_loopback(tiny_assets, tmp_path):  # noqa: F811
     home = tmp_path / "flwr-home"
     home.mkdir()
-    link_port = free_port()
+    link_port, *node_ports = free_ports(3)      # distinct: the SuperLink and each SuperNode's own port
     (home / "config.toml").write_text(
         '[superlink]\ndefault = "loopback"\n\n'
         f'[superlink.loopback]\naddress = "127.0.0.1:{link_port}"\ninsecure = true\n')
@@ -56,7 +56,7 @@ def test_superlink_and_two_supernodes_on_loopback(tiny_assets, tmp_path):  # noq
             node_config = (f"data-dir='{site}' model-path='{tiny_assets['codec']}' "
                            f"task-path='{tiny_assets['task']}'")
             start(f"supernode{i}", ["flower-supernode", "--insecure", "--superlink", f"127.0.0.1:{link_port}",
-                                    "--host", "127.0.0.1", "--port", str(free_port()), "--node-config", node_config])
+                                    "--host", "127.0.0.1", "--port", str(node_ports[i]), "--node-config", node_config])
         wait_for(lambda: sum("SuperNode ID" in (logs / f"supernode{i}.log").read_text() for i in range(2)) == 2,
                  timeout=180, what="two SuperNodes to register")
         run_config = (f"model-path='{tiny_assets['codec']}' task-path='{tiny_assets['task']}' out-dir='{out}' "

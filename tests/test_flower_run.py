@@ -12,7 +12,7 @@ import json
 import subprocess
 import time
 
-from conftest_flower import ROOT, flwr_env, free_port, kill_tree, pids_matching, run_status, tiny_assets  # noqa: F401
+from conftest_flower import ROOT, flwr_env, free_ports, kill_tree, pids_matching, run_status, tiny_assets  # noqa: F401
 
 from simulations.processes import start_local_superlink
 
@@ -20,8 +20,8 @@ from simulations.processes import start_local_superlink
 def test_flwr_run_simulation(tiny_assets, tmp_path):  # noqa: F811
     home = tmp_path / "flwr-home"
     out = tmp_path / "out"
-    port = free_port()
-    env = flwr_env(home, FLWR_LOCAL_SUPERLINK_HTTP_API_PORT=str(port), FLWR_LOCAL_CONTROL_API_PORT=str(free_port()))
+    port, control_port = free_ports(2)
+    env = flwr_env(home, FLWR_LOCAL_SUPERLINK_HTTP_API_PORT=str(port), FLWR_LOCAL_CONTROL_API_PORT=str(control_port))
     run_config = (f"model-path='{tiny_assets['codec']}' task-path='{tiny_assets['task']}' out-dir='{out}' "
                   "num-server-rounds=2 local-steps=2 crop=64 sim.phantom-size=64 eval-samples=1 "
                   "eval-qualities='1,4' min-available-hospitals=2 min-train-hospitals=2 min-evaluate-hospitals=2")
