@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fedcodec import data
+from fedcodec.data import phantoms
 from fedcodec.data import (
     DomainShift,
     Sample,
@@ -60,7 +60,7 @@ def test_tube_mask_is_exact_distance_to_centreline():
     size = 48
     pts = np.column_stack([np.cumsum(rng.uniform(-3, 5, 8)) + 8, np.cumsum(rng.uniform(-2, 6, 8)) + 5,
                            np.linspace(4.0, 1.0, 8)])
-    chord, inside = data._render_tubes([pts], size)
+    chord, inside = phantoms._render_tubes([pts], size)
     yy, xx = np.mgrid[:size, :size].astype(np.float64)
     want = np.zeros((size, size), bool)
     for (xa, ya, ra), (xb, yb, rb) in zip(pts[:-1], pts[1:]):
@@ -204,7 +204,8 @@ def test_dicom_monochrome1_inverted_with_window(tmp_path):
     image, depth, window = read_image(tmp_path / "b.dcm")
     assert depth == 16 and image.dtype == np.uint16
     assert np.array_equal(image, 4095 - stored)  # MONOCHROME1: 2**BitsStored - 1 - v
-    assert window == (4095 - 1200.0, 4095 - 800.0)  # [c - w/2, c + w/2], inverted
+    # DICOM LINEAR window (as pydicom): [c - 0.5 - (w-1)/2, c - 0.5 + (w-1)/2] = [800, 1199], inverted
+    assert window == (4095 - 1199.0, 4095 - 800.0)
     series = load_dicom_series(tmp_path)
     assert [s.name for s in series] == ["b", "a"]  # sorted by InstanceNumber, not by file name
     assert series[0].mask is None and np.array_equal(series[1].image, 4095 - stored[::-1])
