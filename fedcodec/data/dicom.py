@@ -92,7 +92,7 @@ def _lift_functional_groups(ds: Any) -> None:
         if any(k in ds for k in keywords):
             continue
         for kind, groups in sources:
-            items = [g[seq_name][0] for g in groups if seq_name in g and len(g[seq_name])]
+            items = [g.get(seq_name)[0] for g in groups if g.get(seq_name)]
             if not items:
                 continue
             for k in keywords:
@@ -256,6 +256,13 @@ def _display_values(ds: Any, arr: np.ndarray, smin: int, smax: int, invert: bool
     ramp = np.arange(smin, smax + 1, dtype=np.int32 if smin < 0 else np.uint16)
     try:
         table = apply_modality_lut(ramp, ds)
+        if voi == "lut":
+            # A LUT is indexed by integers (pydicom warns on a float array), and values outside the LUT clamp
+            # to its ends (PS3.3 C.11.2.1.1). pydicom 3.0 computes the index in the LUT's output type, so an
+            # 8-bit LUT wraps inputs >= 256 instead of clamping them: clamp here first.
+            desc = [int(v) for v in ds.VOILUTSequence[0].LUTDescriptor]
+            first = desc[1] - 65536 if desc[1] > 32767 and smin < 0 else desc[1]  # US or SS first mapped value
+            table = np.clip(np.rint(table), first, first + (desc[0] or 65536) - 1).astype(np.int64)
         if voi != "none":
             table = apply_voi_lut(table, ds, index=0, prefer_lut=True)
     except (ValueError, KeyError, AttributeError, IndexError, TypeError) as e:
