@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     from fedcodec.data import make_phantoms
     from fedcodec.evaluate import evaluate_codec, uncompressed_dice
     from fedcodec.model_io import load_codec, load_task
-    from server.config import parse_qualities
+    from fedcodec.run_config import parse_qualities
     from simulations.inprocess import run_inprocess
     from strategies import central_dp_noise_scale
 

@@ -29,8 +29,8 @@ from flwr.clientapp import ClientApp
 from flwr.clientapp.mod import fixedclipping_mod
 
 from clients import site
+from fedcodec import run_config as C
 from fedcodec.errors import FedcodecError
-from server import config as C
 
 log = logging.getLogger("flwr.fedcodec.clients")
 # TorchScript task networks trigger torch's "torch.jit is deprecated" notices in every simulated ClientApp.

@@ -25,13 +25,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from fedcodec.adapt import AdaptConfig, DPConfig, adapt
+from fedcodec import run_config as C
+from fedcodec.adapt import AdaptConfig, adapt, dp_config
 from fedcodec.codec import SemanticCodec
 from fedcodec.data import Sample, load_folder, make_phantoms
 from fedcodec.errors import DataError, ModelMismatchError, UpdateRejectedError
 from fedcodec.evaluate import evaluate_codec, uncompressed_dice
 from fedcodec.model_io import load_codec, load_task
-from server import config as C
 
 log = logging.getLogger("flwr.fedcodec.clients")
 
@@ -150,11 +150,8 @@ def adapt_config(run_config: Mapping[str, Any], num_qualities: int, groups: tupl
     """The AdaptConfig of one local round (the same settings ``fedcodec adapt`` exposes)."""
     tq = C.get(run_config, "train-qualities")
     qualities = tuple(C.parse_qualities(tq, num_qualities, default="all")) if tq.strip() else ()
-    dp = None
-    if C.get(run_config, "sample-dp.enabled"):
-        dp = DPConfig(noise_multiplier=C.get(run_config, "sample-dp.noise-multiplier"),
-                      max_grad_norm=C.get(run_config, "sample-dp.max-grad-norm"),
-                      delta=C.get(run_config, "sample-dp.delta"), accountant="rdp")
+    dp = dp_config(C.get(run_config, "sample-dp.enabled"), C.get(run_config, "sample-dp.noise-multiplier"),
+                   C.get(run_config, "sample-dp.max-grad-norm"), C.get(run_config, "sample-dp.delta"))
     return AdaptConfig(steps=C.get(run_config, "local-steps"), lr=C.get(run_config, "lr"), groups=groups,
                        lambda_d=C.get(run_config, "lambda-d"), lambda_t=C.get(run_config, "lambda-t"),
                        qualities=qualities, crop=C.get(run_config, "crop"), prox_mu=float(prox_mu),

@@ -45,15 +45,23 @@ class DPConfig:
     accountant: str = "rdp"
 
 
+def dp_config(enabled: bool, noise_multiplier: float = DPConfig.noise_multiplier,
+              max_grad_norm: float = DPConfig.max_grad_norm, delta: float = DPConfig.delta) -> DPConfig | None:
+    """The one mapping from DP settings (``fedcodec adapt --dp-*``, the run config's ``sample-dp.*``) to the
+    :class:`DPConfig` that :func:`adapt` takes: ``None`` when DP is off; unset values keep DPConfig's."""
+    return DPConfig(noise_multiplier, max_grad_norm, delta) if enabled else None
+
+
 @dataclass
 class AdaptConfig:
-    """Every knob of few-shot adaptation (``fedcodec adapt`` flags and the Flower run config mirror these)."""
+    """Every knob of few-shot adaptation, and its default: ``fedcodec adapt``'s flags and the Flower run config
+    (:mod:`fedcodec.run_config`) take their defaults from here; the loss weights' from :class:`LossWeights`."""
 
     steps: int = 50
     lr: float = 1e-3
     groups: tuple[str, ...] = ADAPTABLE_GROUPS
-    lambda_d: float = 2e-4
-    lambda_t: float = 1.0
+    lambda_d: float = LossWeights.lambda_d
+    lambda_t: float = LossWeights.lambda_t
     qualities: tuple[int, ...] = ()   # qualities to train on (sampled per step); empty = all
     crop: int = 0                     # 0 = the largest multiple of 64 that fits every sample
     prox_mu: float = 0.0

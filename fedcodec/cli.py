@@ -21,6 +21,7 @@ without ``--overwrite``.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import sys
@@ -43,12 +44,51 @@ def _add_overwrite(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from fedcodec.adapt import AdaptConfig
-    from fedcodec.pretrain import PretrainConfig
+# Flags whose default is a field of a config class (AdaptConfig, DPConfig, PretrainConfig) have no default of
+# their own: they are absent from the parsed namespace unless given, so the command passes only what the user
+# set and the config class fills in the rest. The help shows the class's default, imported only when help is
+# printed, so that building the parser imports neither torch nor CompressAI (`fedcodec --help` stays fast).
+ADAPT, DP, PRETRAIN = "fedcodec.adapt:AdaptConfig", "fedcodec.adapt:DPConfig", "fedcodec.pretrain:PretrainConfig"
 
-    parser = argparse.ArgumentParser(prog="fedcodec", description="Diagnosis-oriented learned medical image "
-                                     "compression with federated few-shot adaptation.")
+
+def _config_flag(p: argparse.ArgumentParser, flag: str, source: str, field: str | None = None,
+                 **kw: Any) -> None:
+    """Add ``flag`` whose default is ``field`` (default: the flag's dest) of the class ``source``."""
+    action = p.add_argument(flag, default=argparse.SUPPRESS, **kw)
+    action.config_default = (source, field or action.dest)  # type: ignore[attr-defined]
+    action.help = action.help or action.dest.replace("_", " ")
+
+
+def config_default(source: str, field: str) -> Any:
+    """The default of ``field`` in the config class ``source`` (``"module:Class"``)."""
+    module, _, cls = source.partition(":")
+    return getattr(getattr(importlib.import_module(module), cls), field)
+
+
+def _given(args: argparse.Namespace, names: tuple[str, ...]) -> dict[str, Any]:
+    """The config fields among ``names`` that the command line set."""
+    return {n: getattr(args, n) for n in names if hasattr(args, n)}
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        source = getattr(action, "config_default", None)
+        if source is None:
+            return action.help
+        value = config_default(*source)
+        value = ",".join(value) if isinstance(value, tuple) else value
+        return f"{action.help or ''} (default: {value})".lstrip()
+
+
+class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _HelpFormatter)   # the subcommands' parsers are _Parser too
+        super().__init__(*args, **kwargs)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="fedcodec", description="Diagnosis-oriented learned medical image "
+                     "compression with federated few-shot adaptation.")
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -63,49 +103,50 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("task-train", help="train the segmentation (task) network on uncompressed images")
     p.add_argument("--data", required=True, help="data folder with masks")
     p.add_argument("--out", required=True, help="output TorchScript file")
-    p.add_argument("--steps", type=int, default=PretrainConfig.task_steps)
+    _config_flag(p, "--steps", PRETRAIN, "task_steps", type=int, help="training steps")
     p.add_argument("--seed", type=int, default=0)
     _add_overwrite(p)
 
-    d = PretrainConfig()
     p = sub.add_parser("pretrain", help="train the semantic codec (and the task network unless --task)")
     p.add_argument("--out", required=True, help="output folder: codec.pt, task.pt, pretrain.json, metrics.csv")
     p.add_argument("--task", default=None, help="use this TorchScript task network instead of training one")
     for name in ("steps", "batch_size", "crop", "images", "image_size", "hospital", "seed", "N", "M",
                  "num_qualities", "task_steps"):
-        p.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(d, name), dest=name)
-    p.add_argument("--lambda-adv", type=float, default=d.lambda_adv, help="label-map discriminator weight")
+        _config_flag(p, f"--{name.replace('_', '-')}", PRETRAIN, type=int, dest=name)
+    _config_flag(p, "--lambda-adv", PRETRAIN, type=float, help="label-map discriminator weight")
     p.add_argument("--mse", action="store_true", help="train an MSE codec (no task loss) as a baseline")
     p.add_argument("--z-gain", action="store_true", help="per-quality gains on the hyper-latent (added, neutral, "
                    "to an --init codec that has none)")
-    p.add_argument("--gain-lr-scale", type=float, default=d.gain_lr_scale, help="learning-rate multiplier of "
-                   "the per-quality gains (they move slowly at the stage's rate; the default's fine-tune used 100)")
+    _config_flag(p, "--gain-lr-scale", PRETRAIN, type=float, help="learning-rate multiplier of "
+                 "the per-quality gains (they move slowly at the stage's rate; the default's fine-tune used 100)")
     p.add_argument("--init", default=None, help="continue from this codec file with the fine-tune schedule "
                    "(semantic stage, lr 1e-4); --N/--M/--num-qualities are then the file's")
     _add_overwrite(p)
 
-    a = AdaptConfig()
     p = sub.add_parser("adapt", help="few-shot adaptation of the policy head and adapters on one site's samples")
     _add_model(p, task=True)
     p.add_argument("--data", required=True, help="data folder with masks (the site's annotated samples)")
-    p.add_argument("--shots", type=int, required=True, help="number of annotated samples K (1 to 8)")
+    p.add_argument("--shots", type=int, required=True, help="number of annotated samples K: the first K of "
+                   "--data by name (1 to 64; few-shot adaptation means 1 to 8)")
     p.add_argument("--out", required=True, help="output codec file (a .json with config and metrics is written beside)")
-    p.add_argument("--steps", type=int, default=a.steps)
-    p.add_argument("--lr", type=float, default=a.lr)
-    p.add_argument("--groups", default=",".join(a.groups), help="parameter groups to train")
-    p.add_argument("--lambda-d", type=float, default=a.lambda_d)
-    p.add_argument("--lambda-t", type=float, default=a.lambda_t)
-    p.add_argument("--seed", type=int, default=a.seed)
+    _config_flag(p, "--steps", ADAPT, type=int)
+    _config_flag(p, "--lr", ADAPT, type=float, help="learning rate (Adam)")
+    _config_flag(p, "--groups", ADAPT, help="comma-separated parameter groups to train")
+    _config_flag(p, "--lambda-d", ADAPT, type=float, help="distortion weight of the loss")
+    _config_flag(p, "--lambda-t", ADAPT, type=float, help="task-loss weight of the loss")
+    _config_flag(p, "--seed", ADAPT, type=int)
     p.add_argument("--dp-noise", type=float, default=0.0, help="Opacus DP-SGD noise multiplier (0 = no DP)")
-    p.add_argument("--dp-clip", type=float, default=1.0, help="Opacus per-sample clipping norm")
-    p.add_argument("--dp-delta", type=float, default=1e-5)
+    _config_flag(p, "--dp-clip", DP, dest="max_grad_norm", type=float, metavar="NORM",
+                 help="Opacus per-sample clipping norm")
+    _config_flag(p, "--dp-delta", DP, dest="delta", type=float, help="delta of the reported epsilon")
     _add_overwrite(p)
 
     p = sub.add_parser("evaluate", help="rate-task curves from real bitstreams")
     _add_model(p, task=True)
     p.add_argument("--data", required=True, help="data folder with masks")
     p.add_argument("--out", required=True, help="output folder: results.json, report.md, rate_dice.png")
-    p.add_argument("--anchors", default="", help="comma-separated anchor codecs, e.g. hevc,jpeg2000,jpeg,webp,avif")
+    p.add_argument("--anchors", default="", help="comma-separated anchor codecs, any of "
+                   "hevc,jpeg2000,jpeg,webp,avif,jpegxl")
     p.add_argument("--compare", action="append", default=[], metavar="NAME=PATH",
                    help="another codec file to evaluate beside --model (repeatable)")
     p.add_argument("--limit", type=int, default=None, help="use at most this many images")
@@ -168,6 +209,7 @@ def cmd_task_train(args: argparse.Namespace) -> None:
     from fedcodec.task_net import train_task_network
 
     out = check_new_output(args.out, args.overwrite)
+    steps = args.steps if hasattr(args, "steps") else config_default(PRETRAIN, "task_steps")
     samples = load_folder(args.data)
     shapes = {s.image.shape for s in samples}
     if len(shapes) != 1 or min(next(iter(shapes))) < 128:
@@ -175,9 +217,9 @@ def cmd_task_train(args: argparse.Namespace) -> None:
     images = np.stack([normalize(s.image, s.window) for s in samples])
     masks = np.stack([s.mask for s in samples])
     start = time.perf_counter()
-    net = train_task_network(images, masks, steps=args.steps, seed=args.seed)
+    net = train_task_network(images, masks, steps=steps, seed=args.seed)
     save_task(net, out, overwrite=True)
-    record = {"data": str(args.data), "steps": args.steps, "seed": args.seed, "images": len(samples),
+    record = {"data": str(args.data), "steps": steps, "seed": args.seed, "images": len(samples),
               "seconds": round(time.perf_counter() - start, 1),
               "train_dice_uncompressed": uncompressed_dice(net, samples)}
     write_json(out.with_suffix(out.suffix + ".json"), record)
@@ -188,12 +230,11 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
     from fedcodec.model_io import load_task
     from fedcodec.pretrain import PretrainConfig, pretrain
 
-    fields = ("steps", "batch_size", "crop", "images", "image_size", "hospital", "seed", "N", "M",
-              "num_qualities", "task_steps", "lambda_adv")
     from fedcodec.pretrain import fine_tune_stages
 
-    config = PretrainConfig(**{k: getattr(args, k) for k in fields}, semantic=not args.mse, z_gain=args.z_gain,
-                            init=args.init or "", gain_lr_scale=args.gain_lr_scale)
+    fields = ("steps", "batch_size", "crop", "images", "image_size", "hospital", "seed", "N", "M",
+              "num_qualities", "task_steps", "lambda_adv", "gain_lr_scale")
+    config = PretrainConfig(**_given(args, fields), semantic=not args.mse, z_gain=args.z_gain, init=args.init or "")
     if args.init:
         config.stages = fine_tune_stages()
     task_net = load_task(args.task) if args.task else None
@@ -203,21 +244,35 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
           f"{summary['adaptable_fraction']:.2%}, {summary['seconds_total'] / 60:.1f} min")
 
 
+def adapt_config_from_args(args: argparse.Namespace) -> Any:
+    """The :class:`~fedcodec.adapt.AdaptConfig` of ``fedcodec adapt``: the flags given, AdaptConfig's and
+    DPConfig's defaults for the rest."""
+    from fedcodec.adapt import AdaptConfig, dp_config
+    from fedcodec.run_config import parse_groups
+
+    kw = _given(args, ("steps", "lr", "lambda_d", "lambda_t", "seed"))
+    if hasattr(args, "groups"):
+        try:
+            kw["groups"] = parse_groups(args.groups)
+        except ValueError as exc:
+            raise _usage(f"--groups: {exc}") from None
+    dp = dp_config(args.dp_noise > 0, args.dp_noise, **_given(args, ("max_grad_norm", "delta")))
+    return AdaptConfig(**kw, dp=dp)
+
+
 def cmd_adapt(args: argparse.Namespace) -> None:
-    from fedcodec.adapt import AdaptConfig, DPConfig, adapt, config_dict
+    from fedcodec.adapt import adapt, config_dict
     from fedcodec.data import load_folder
     from fedcodec.model_io import check_new_output, load_codec, load_task, save_codec, write_json
 
     if not 1 <= args.shots <= 64:
         raise _usage(f"--shots must be between 1 and 64 (1 to 8 is the intended range), got {args.shots}")
+    config = adapt_config_from_args(args)
     out = check_new_output(args.out, args.overwrite)
     codec, task_net = load_codec(args.model), load_task(args.task)
     samples = load_folder(args.data, limit=args.shots)
     if len(samples) < args.shots:
         log.warning("only %d annotated samples in %s (asked for %d)", len(samples), args.data, args.shots)
-    dp = DPConfig(args.dp_noise, args.dp_clip, args.dp_delta) if args.dp_noise > 0 else None
-    config = AdaptConfig(steps=args.steps, lr=args.lr, groups=tuple(g for g in args.groups.split(",") if g),
-                         lambda_d=args.lambda_d, lambda_t=args.lambda_t, seed=args.seed, dp=dp)
     base_id = codec.identity_hash(["base"])
     result = adapt(codec, task_net, samples, config, progress=True)
     if codec.identity_hash(["base"]) != base_id:  # adapt checks this too; a second look costs a millisecond
@@ -227,8 +282,8 @@ def cmd_adapt(args: argparse.Namespace) -> None:
               "metrics": result.metrics, "base_id": base_id}
     save_codec(codec, out, meta={"adapt": record}, overwrite=True)
     write_json(out.with_suffix(out.suffix + ".json"), {**record, "model_id": codec.identity_hash()})
-    eps = f", epsilon {result.metrics['epsilon']:.2f}" if dp else ""
-    print(f"adapted codec -> {out} ({len(samples)} shots, {args.steps} steps, "
+    eps = f", epsilon {result.metrics['epsilon']:.2f}" if config.dp else ""
+    print(f"adapted codec -> {out} ({len(samples)} shots, {config.steps} steps, "
           f"{result.metrics['seconds']:.1f} s{eps})")
 
 

@@ -35,10 +35,10 @@ from flwr.app import Array, ArrayRecord, ConfigRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.exception import PrivacyBudgetExhausted
 
+from fedcodec import run_config as C
 from fedcodec.codec import SemanticCodec
 from fedcodec.errors import FedcodecError, ModelFileError, ModelMismatchError, OutputExistsError
 from fedcodec.model_io import atomic_write_bytes, load_codec, save_codec, write_json
-from server import config as C
 from strategies import (
     StrategySpec,
     ValidatedStrategy,

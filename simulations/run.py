@@ -60,7 +60,7 @@ def parse_value(text: str) -> Any:
 
 
 def build_run_config(args: argparse.Namespace, scenario_config: dict[str, Any], out_dir: Path) -> dict[str, Any]:
-    from server.config import DEFAULTS
+    from fedcodec.run_config import DEFAULTS
 
     rc = dict(scenario_config)
     if args.rounds:

@@ -13,7 +13,6 @@ from fedcodec.coding import decode_image, encode_image
 from fedcodec.data import make_phantoms
 from fedcodec.errors import FedcodecError, ModelMismatchError, OutputExistsError
 from fedcodec.model_io import load_codec
-from server import config as C
 from server.federation import load_checkpoint
 from simulations.inprocess import run_inprocess
 
@@ -150,28 +149,6 @@ def test_dropouts_are_tolerated(tiny_assets, tmp_path):  # noqa: F811
     assert summary["failed_replies"] >= 1
     assert all("simulated dropout" in f["reason"] for r in rows for f in r["failures"])
     assert (tmp_path / "out" / "adapted_codec.pt").is_file()
-
-
-def test_pyproject_lists_every_knob():
-    import tomllib
-
-    from conftest_flower import ROOT
-
-    data = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    flwr = data["tool"]["flwr"]
-    assert "federations" not in flwr
-    assert flwr["app"]["components"] == {"serverapp": "server.server_app:app", "clientapp": "clients.client_app:app"}
-
-    def flat(d, prefix=""):
-        for k, v in d.items():
-            if isinstance(v, dict):
-                yield from flat(v, f"{prefix}{k}.")
-            else:
-                yield f"{prefix}{k}", v
-
-    config = dict(flat(flwr["app"]["config"]))
-    assert config == C.DEFAULTS
-    assert flwr["app"]["publisher"] == "fedcodec" and flwr["app"]["fab-format-version"] == 1
 
 
 def test_phantom_hospitals_differ_per_partition():
