@@ -73,20 +73,31 @@ def save_codec(codec: SemanticCodec, path: str | Path, meta: dict[str, Any] | No
     return path
 
 
-def read_codec_file(path: str | Path) -> dict:
-    """Read and validate a codec file's dict without building the model."""
+def read_tagged_file(path: str | Path, fmt: str, version: int, what: str) -> dict:
+    """Read a fedcodec file written with ``torch.save`` (weights only: no pickled code runs) and check its tag.
+
+    Every fedcodec file that is a dict of tensors (codec files, federation checkpoints) carries
+    ``"format": fmt`` and ``"format_version": version``; ``what`` names the kind of file in the errors.
+    Raises :class:`ModelFileError` for a missing or unreadable file, a foreign tag or another version.
+    """
     path = Path(path)
     if not path.is_file():
-        raise ModelFileError(f"codec file not found: {path}")
+        raise ModelFileError(f"{what} not found: {path}")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise ModelFileError(f"{path} is not a fedcodec codec file ({type(exc).__name__}: {exc})") from exc
-    if not isinstance(payload, dict) or payload.get("format") != CODEC_FORMAT:
-        raise ModelFileError(f"{path} is not a fedcodec codec file (no '{CODEC_FORMAT}' format tag)")
-    if payload.get("format_version") != CODEC_FORMAT_VERSION:
-        raise ModelFileError(f"{path}: unsupported codec file version {payload.get('format_version')}")
+        raise ModelFileError(f"{path} is not a fedcodec {what} ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(payload, dict) or payload.get("format") != fmt:
+        raise ModelFileError(f"{path} is not a fedcodec {what} (no '{fmt}' format tag)")
+    if payload.get("format_version") != version:
+        raise ModelFileError(f"{path}: unsupported {what} version {payload.get('format_version')} "
+                             f"(this fedcodec reads version {version})")
     return payload
+
+
+def read_codec_file(path: str | Path) -> dict:
+    """Read and validate a codec file's dict without building the model."""
+    return read_tagged_file(path, CODEC_FORMAT, CODEC_FORMAT_VERSION, "codec file")
 
 
 def load_codec(path: str | Path | None = None) -> SemanticCodec:

@@ -38,7 +38,7 @@ from flwr.serverapp.exception import PrivacyBudgetExhausted
 from fedcodec import run_config as C
 from fedcodec.codec import SemanticCodec
 from fedcodec.errors import FedcodecError, ModelFileError, ModelMismatchError, OutputExistsError
-from fedcodec.model_io import atomic_write_bytes, load_codec, save_codec, write_json
+from fedcodec.model_io import atomic_write_bytes, load_codec, read_tagged_file, save_codec, write_json
 from strategies import (
     StrategySpec,
     ValidatedStrategy,
@@ -144,14 +144,7 @@ def find_checkpoint(path: str | Path) -> Path:
 def load_checkpoint(path: str | Path) -> dict:
     """Read and check a checkpoint; ``history`` and ``meta`` come back decoded."""
     p = find_checkpoint(path)
-    try:
-        payload = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ModelFileError(f"{p} is not a fedcodec federation checkpoint ({type(exc).__name__}: {exc})") from exc
-    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        raise ModelFileError(f"{p} is not a fedcodec federation checkpoint")
-    if payload.get("format_version") != CHECKPOINT_VERSION:
-        raise ModelFileError(f"{p}: unsupported checkpoint version {payload.get('format_version')}")
+    payload = read_tagged_file(p, CHECKPOINT_FORMAT, CHECKPOINT_VERSION, "federation checkpoint")
     payload["history"] = json.loads(payload["history"])
     payload["meta"] = json.loads(payload["meta"])
     payload["path"] = str(p)
