@@ -25,6 +25,7 @@ import struct
 import zlib
 from dataclasses import dataclass
 
+from fedcodec.data.windowing import default_window
 from fedcodec.errors import BitstreamError, ModelMismatchError
 
 MAGIC = b"FCd"
@@ -45,10 +46,6 @@ class Header:
     window: tuple[float, float]
     quality: int
     side_info: bytes = b""
-
-
-def _default_window(bit_depth: int) -> tuple[float, float]:
-    return (0.0, 255.0) if bit_depth == 8 else (0.0, 65535.0)
 
 
 def _varint(n: int) -> bytes:
@@ -93,7 +90,7 @@ def pack(header: Header, z_string: bytes, y_string: bytes) -> bytes:
         raise ValueError(f"bit depth must be 8 or 16, got {header.bit_depth}")
     if not 0 <= header.quality < 256:
         raise ValueError(f"quality {header.quality} does not fit in a byte")
-    explicit_window = tuple(header.window) != _default_window(header.bit_depth)
+    explicit_window = tuple(header.window) != default_window(header.bit_depth)
     flags = (_FLAG_16BIT if header.bit_depth == 16 else 0) | (_FLAG_WINDOW if explicit_window else 0)
     parts = [MAGIC, bytes([FORMAT_VERSION]), header.model_id, bytes([flags]),
              _varint(header.height), _varint(header.width)]
@@ -129,7 +126,7 @@ def unpack(data: bytes, expected_model_id: bytes | None = None) -> tuple[Header,
     height, width = reader.varint("height"), reader.varint("width")
     bit_depth = 16 if flags & _FLAG_16BIT else 8
     window = (struct.unpack("<ff", reader.take(8, "window")) if flags & _FLAG_WINDOW
-              else _default_window(bit_depth))
+              else default_window(bit_depth))
     quality = reader.take(1, "quality")[0]
     side_info = reader.take(reader.varint("side info length"), "side info")
     z_string = reader.take(reader.varint("z length"), "z string")

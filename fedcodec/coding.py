@@ -14,7 +14,7 @@ import torch
 
 from fedcodec.bitstream import MODEL_ID_BYTES, Header, pack, unpack
 from fedcodec.codec import SemanticCodec, pad_to_multiple
-from fedcodec.data import denormalize, normalize
+from fedcodec.data import default_window, denormalize, normalize
 from fedcodec.errors import BitstreamError, DataError
 
 
@@ -56,7 +56,7 @@ def encode_image(codec: SemanticCodec, image: np.ndarray, quality: int,
     """Encode a ``(H, W)`` uint8/uint16 image at ``quality`` (0-based) into a container."""
     bit_depth = _check_image(image)
     if window is None:
-        window = (0.0, 255.0) if bit_depth == 8 else (0.0, 65535.0)
+        window = default_window(bit_depth)
     if not window[1] > window[0]:
         raise DataError(f"intensity window must have hi > lo, got {window}")
     x, (h, w) = image_to_tensor(image, window)
