@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from fedcodec.data.sample import PathLike, Sample
-from fedcodec.data.windowing import Window, float_to_u16, minmax_window
+from fedcodec.data.windowing import Window, default_window, float_to_u16, minmax_window
 from fedcodec.errors import DataError
 
 # Attributes that enhanced multi-frame files keep in functional group macros instead of the top level.
@@ -226,7 +226,7 @@ def read_dicom(path: PathLike) -> DicomImage:
     if invert:
         values = maxval - values
     if bits_alloc <= 8 and maxval <= 255:
-        return DicomImage(values.astype(np.uint8), 8, (0.0, 255.0), **meta)
+        return DicomImage(values.astype(np.uint8), 8, default_window(8), **meta)
     image = values.astype(np.uint16)
     window = minmax_window(image)
     if voi in ("linear", "linear_exact"):
@@ -274,7 +274,7 @@ def _display_values(ds: Any, arr: np.ndarray, smin: int, smax: int, invert: bool
     if invert:
         table = tmax + tmin - table
     display = table[arr.astype(np.int64) - smin]
-    return float_to_u16(display, tmin, tmax), 16, (0.0, 65535.0)
+    return float_to_u16(display, tmin, tmax), 16, default_window(16)
 
 
 def load_dicom_series(path: PathLike, series: str | None = None) -> list[Sample]:

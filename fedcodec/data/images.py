@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from fedcodec.data.sample import PathLike
-from fedcodec.data.windowing import Window, float_to_u16, minmax_window
+from fedcodec.data.windowing import Window, default_window, float_to_u16, minmax_window
 from fedcodec.errors import DataError
 
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".dcm")
@@ -49,7 +49,7 @@ def _pil_to_array(img: Any, path: Path) -> tuple[np.ndarray, int, Window]:
                     "(ITU-R BT.601: 0.299 R + 0.587 G + 0.114 B)"
                 )
                 arr = np.asarray(img.convert("L"))
-        return arr.astype(np.uint8), 8, (0.0, 255.0)
+        return arr.astype(np.uint8), 8, default_window(8)
     if mode.startswith("I;16"):
         arr = np.asarray(img).astype(np.uint16)
         return arr, 16, minmax_window(arr)
@@ -68,7 +68,7 @@ def _pil_to_array(img: Any, path: Path) -> tuple[np.ndarray, int, Window]:
             u16 = arr.astype(np.uint16)
             return u16, 16, minmax_window(u16)
         warnings.warn(f"{path}: floating-point image rescaled from {arr.min():g}..{arr.max():g} to uint16 0..65535")
-        return float_to_u16(arr), 16, (0.0, 65535.0)
+        return float_to_u16(arr), 16, default_window(16)
     raise DataError(f"{path}: unsupported image mode {mode!r} (expected 8/16-bit grayscale or RGB)")
 
 

@@ -15,7 +15,7 @@ import numpy as np
 
 from fedcodec.data.images import existing_file
 from fedcodec.data.sample import PathLike, Sample
-from fedcodec.data.windowing import float_to_u16, minmax_window
+from fedcodec.data.windowing import default_window, float_to_u16, minmax_window
 from fedcodec.errors import DataError
 
 
@@ -69,7 +69,7 @@ def to_lps(arr: np.ndarray, affine: np.ndarray) -> np.ndarray:
 def volume_to_stored(vol: np.ndarray, where: str = "volume") -> tuple[np.ndarray, int, tuple[float, float]]:
     """Voxel values to ``(uint8/uint16 array, bit_depth, window)`` as :func:`load_nifti` documents."""
     if vol.dtype == np.uint8:
-        return vol, 8, (0.0, 255.0)
+        return vol, 8, default_window(8)
     if vol.dtype.kind in "biu":
         vmin, vmax = int(vol.min()), int(vol.max())
         if vmin >= 0 and vmax <= 65535:
@@ -78,7 +78,7 @@ def volume_to_stored(vol: np.ndarray, where: str = "volume") -> tuple[np.ndarray
             warnings.warn(f"{where}: integer volume shifted by {-vmin} to fit uint16 (values {vmin}..{vmax})")
             data = (vol.astype(np.int64) - vmin).astype(np.uint16)
             return data, 16, minmax_window(data)
-    return float_to_u16(vol.astype(np.float64)), 16, (0.0, 65535.0)
+    return float_to_u16(vol.astype(np.float64)), 16, default_window(16)
 
 
 def load_nifti(
