@@ -7,7 +7,7 @@ Layout (little-endian; ``varint`` = unsigned LEB128):
 | magic | 3 | ``b"FCd"`` |
 | format version | 1 | :data:`FORMAT_VERSION` |
 | model id | 6 | first 6 bytes of the codec's identity hash (all parameter groups) |
-| flags | 1 | bit 0: 16-bit image; bit 1: explicit window follows |
+| flags | 1 | bit 0: 16-bit image; bit 1: explicit window follows; bit 2: tiled |
 | height, width | varint each | original image size (before padding) |
 | window | 0 or 8 | ``float32 lo, hi`` when flag bit 1 is set (else 0..255 or 0..65535) |
 | quality | 1 | quality index |
@@ -16,14 +16,24 @@ Layout (little-endian; ``varint`` = unsigned LEB128):
 | z string, y string | rest | the y string runs up to the checksum |
 | checksum | 4 | CRC-32 of everything before it |
 
+A tiled container (flag bit 2, written for images larger than one tile so that encoding and decoding need
+memory for one tile only) has, after the side info, a varint tile size ``T`` (a multiple of 64) and then, for
+each ``T x T`` tile in row-major order (the last row and column may be smaller), ``varint z length, z string,
+varint y length, y string``, and then the checksum (nothing may follow the last tile).
+
 A 256x256 8-bit image costs 22 header bytes (0.0027 bpp); bpp is always counted on the whole container.
+
+Decoding checks the image size in the header against :class:`DecodeLimits` before anything is allocated
+(a forged 100000x100000 header fails in microseconds), and every length field against the bytes present.
 """
 
 from __future__ import annotations
 
+import math
+import os
 import struct
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from fedcodec.data.windowing import default_window
 from fedcodec.errors import BitstreamError, ModelMismatchError
@@ -33,6 +43,45 @@ FORMAT_VERSION = 1
 MODEL_ID_BYTES = 6
 _FLAG_16BIT = 1
 _FLAG_WINDOW = 2
+_FLAG_TILED = 4
+_KNOWN_FLAGS = _FLAG_16BIT | _FLAG_WINDOW | _FLAG_TILED
+#: Tile sizes a container may declare (multiples of the codec's padding multiple, 64).
+TILE_MULTIPLE, MIN_TILE, MAX_TILE = 64, 64, 4096
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name, "").strip()
+    try:
+        return int(value) if value else default
+    except ValueError:
+        return default
+
+
+@dataclass(frozen=True)
+class DecodeLimits:
+    """Largest image a bitstream may declare; checked from the header before anything is allocated.
+
+    Defaults (overridable with the environment variables ``FEDCODEC_MAX_IMAGE_SIDE``,
+    ``FEDCODEC_MAX_IMAGE_PIXELS``, ``FEDCODEC_MAX_UNTILED_PIXELS``): sides up to 32768, 2**27 pixels
+    (134 M, e.g. 11585x11585; the decoded 16-bit image alone is 256 MiB), and untiled containers up to
+    2048x2048 (an untiled decode holds the whole image's feature maps; larger images are written tiled).
+    """
+
+    max_side: int = field(default_factory=lambda: _env_int("FEDCODEC_MAX_IMAGE_SIDE", 32768))
+    max_pixels: int = field(default_factory=lambda: _env_int("FEDCODEC_MAX_IMAGE_PIXELS", 1 << 27))
+    max_untiled_pixels: int = field(default_factory=lambda: _env_int("FEDCODEC_MAX_UNTILED_PIXELS", 2048 * 2048))
+
+    def check(self, height: int, width: int, tile: int = 0) -> None:
+        """Raise :class:`BitstreamError` when a header's size is outside these limits."""
+        if height > self.max_side or width > self.max_side:
+            raise BitstreamError(f"bitstream declares a {width}x{height} image; the largest side this decoder "
+                                 f"accepts is {self.max_side} (FEDCODEC_MAX_IMAGE_SIDE)")
+        if height * width > self.max_pixels:
+            raise BitstreamError(f"bitstream declares a {width}x{height} image ({height * width:,} pixels); this "
+                                 f"decoder accepts at most {self.max_pixels:,} (FEDCODEC_MAX_IMAGE_PIXELS)")
+        if not tile and height * width > self.max_untiled_pixels:
+            raise BitstreamError(f"bitstream declares an untiled {width}x{height} image; untiled images are "
+                                 f"limited to {self.max_untiled_pixels:,} pixels (FEDCODEC_MAX_UNTILED_PIXELS)")
 
 
 @dataclass(frozen=True)
@@ -46,6 +95,22 @@ class Header:
     window: tuple[float, float]
     quality: int
     side_info: bytes = b""
+    tile: int = 0       # 0 = one untiled image, else the tile side (tiles coded independently)
+
+    @property
+    def tile_grid(self) -> tuple[int, int]:
+        """Rows and columns of tiles (1, 1 for an untiled image)."""
+        if not self.tile:
+            return 1, 1
+        return -(-self.height // self.tile), -(-self.width // self.tile)
+
+    def tile_boxes(self) -> list[tuple[int, int, int, int]]:
+        """``(top, left, height, width)`` of every tile in coding order."""
+        if not self.tile:
+            return [(0, 0, self.height, self.width)]
+        t = self.tile
+        return [(r, c, min(t, self.height - r), min(t, self.width - c))
+                for r in range(0, self.height, t) for c in range(0, self.width, t)]
 
 
 def _varint(n: int) -> bytes:
@@ -83,7 +148,24 @@ class _Reader:
 
 
 def pack(header: Header, z_string: bytes, y_string: bytes) -> bytes:
-    """Serialise a header and the two strings into one container."""
+    """Serialise a header and the two strings into one (untiled) container."""
+    if header.tile:
+        raise ValueError("a tiled header needs pack_tiles")
+    return _pack(header, [(z_string, y_string)])
+
+
+def pack_tiles(header: Header, tiles: list[tuple[bytes, bytes]]) -> bytes:
+    """Serialise a tiled header and one ``(z_string, y_string)`` per tile (see :meth:`Header.tile_boxes`)."""
+    if not header.tile:
+        raise ValueError("pack_tiles needs a header with a tile size")
+    if header.tile % TILE_MULTIPLE or not MIN_TILE <= header.tile <= MAX_TILE:
+        raise ValueError(f"tile size must be a multiple of {TILE_MULTIPLE} in {MIN_TILE}..{MAX_TILE}")
+    if len(tiles) != len(header.tile_boxes()):
+        raise ValueError(f"{len(tiles)} tiles given, the header's grid has {len(header.tile_boxes())}")
+    return _pack(header, tiles)
+
+
+def _pack(header: Header, tiles: list[tuple[bytes, bytes]]) -> bytes:
     if len(header.model_id) != MODEL_ID_BYTES:
         raise ValueError(f"model id must be {MODEL_ID_BYTES} bytes")
     if header.bit_depth not in (8, 16):
@@ -91,24 +173,49 @@ def pack(header: Header, z_string: bytes, y_string: bytes) -> bytes:
     if not 0 <= header.quality < 256:
         raise ValueError(f"quality {header.quality} does not fit in a byte")
     explicit_window = tuple(header.window) != default_window(header.bit_depth)
-    flags = (_FLAG_16BIT if header.bit_depth == 16 else 0) | (_FLAG_WINDOW if explicit_window else 0)
+    flags = ((_FLAG_16BIT if header.bit_depth == 16 else 0) | (_FLAG_WINDOW if explicit_window else 0)
+             | (_FLAG_TILED if header.tile else 0))
     parts = [MAGIC, bytes([FORMAT_VERSION]), header.model_id, bytes([flags]),
              _varint(header.height), _varint(header.width)]
     if explicit_window:
         parts.append(struct.pack("<ff", *header.window))
-    parts += [bytes([header.quality]), _varint(len(header.side_info)), header.side_info,
-              _varint(len(z_string)), z_string, y_string]
+    parts += [bytes([header.quality]), _varint(len(header.side_info)), header.side_info]
+    if header.tile:
+        parts.append(_varint(header.tile))
+        for i, (z_string, y_string) in enumerate(tiles):
+            parts += [_varint(len(z_string)), z_string, _varint(len(y_string)), y_string]
+    else:
+        z_string, y_string = tiles[0]
+        parts += [_varint(len(z_string)), z_string, y_string]
     body = b"".join(parts)
     return body + struct.pack("<I", zlib.crc32(body))
 
 
-def unpack(data: bytes, expected_model_id: bytes | None = None) -> tuple[Header, bytes, bytes]:
-    """Parse a container; returns ``(header, z_string, y_string)``.
+def unpack(data: bytes, expected_model_id: bytes | None = None,
+           limits: DecodeLimits | None = None) -> tuple[Header, bytes, bytes]:
+    """Parse an untiled container; returns ``(header, z_string, y_string)``.
 
     Raises :class:`BitstreamError` for anything that is not an intact fedcodec bitstream of a supported
-    version, and :class:`ModelMismatchError` when ``expected_model_id`` is given and differs.
+    version (or that declares an image beyond ``limits``, or is tiled: use :func:`unpack_tiles`), and
+    :class:`ModelMismatchError` when ``expected_model_id`` is given and differs.
     """
-    if not isinstance(data, (bytes, bytearray)):
+    header, tiles = unpack_tiles(data, expected_model_id, limits)
+    if header.tile:
+        raise BitstreamError(f"bitstream is tiled ({len(tiles)} tiles of {header.tile}x{header.tile}); this "
+                             "operation reads untiled bitstreams only")
+    return header, tiles[0][0], tiles[0][1]
+
+
+def unpack_tiles(data: bytes, expected_model_id: bytes | None = None,
+                 limits: DecodeLimits | None = None) -> tuple[Header, list[tuple[bytes, bytes]]]:
+    """Parse any container; returns the header and one ``(z_string, y_string)`` per tile (one if untiled).
+
+    Checks, in this order and before anything sized by the header is allocated: magic, version, checksum,
+    every field and length against the bytes present, the image size against ``limits`` (default
+    :class:`DecodeLimits`), the tile size and count, and the model id.
+    """
+    limits = limits or DecodeLimits()
+    if not isinstance(data, (bytes, bytearray, memoryview)):
         raise BitstreamError(f"expected bytes, got {type(data).__name__}")
     data = bytes(data)
     if len(data) < len(MAGIC) or data[:len(MAGIC)] != MAGIC:
@@ -119,24 +226,54 @@ def unpack(data: bytes, expected_model_id: bytes | None = None) -> tuple[Header,
         raise BitstreamError(f"unsupported bitstream format version {data[len(MAGIC)]} "
                              f"(this fedcodec reads version {FORMAT_VERSION})")
     body, (crc,) = data[:-4], struct.unpack("<I", data[-4:])
+    if zlib.crc32(body) != crc:
+        raise BitstreamError("bitstream is corrupt or truncated (checksum mismatch)")
     reader = _Reader(body, len(body))
     reader.take(len(MAGIC) + 1, "magic")
     model_id = reader.take(MODEL_ID_BYTES, "model id")
     flags = reader.take(1, "flags")[0]
+    if flags & ~_KNOWN_FLAGS:
+        raise BitstreamError(f"bitstream is corrupt (unknown header flags 0x{flags:02x})")
     height, width = reader.varint("height"), reader.varint("width")
+    if height == 0 or width == 0:
+        raise BitstreamError(f"bitstream is corrupt (image size {width}x{height})")
+    tiled = bool(flags & _FLAG_TILED)
+    limits.check(height, width, tile=1 if tiled else 0)
     bit_depth = 16 if flags & _FLAG_16BIT else 8
     window = (struct.unpack("<ff", reader.take(8, "window")) if flags & _FLAG_WINDOW
               else default_window(bit_depth))
+    lo, hi = float(window[0]), float(window[1])
+    if not (math.isfinite(lo) and math.isfinite(hi) and hi > lo):
+        raise BitstreamError(f"bitstream is corrupt (intensity window {lo}..{hi})")
     quality = reader.take(1, "quality")[0]
     side_info = reader.take(reader.varint("side info length"), "side info")
-    z_string = reader.take(reader.varint("z length"), "z string")
-    y_string = body[reader.pos:]
-    if zlib.crc32(body) != crc:
-        raise BitstreamError("bitstream is corrupt or truncated (checksum mismatch)")
-    if flags & ~(_FLAG_16BIT | _FLAG_WINDOW) or height == 0 or width == 0 or not y_string:
-        raise BitstreamError("bitstream is corrupt (invalid header fields)")
+    tile = 0
+    tiles: list[tuple[bytes, bytes]] = []
+    if tiled:
+        tile = reader.varint("tile size")
+        if tile % TILE_MULTIPLE or not MIN_TILE <= tile <= MAX_TILE:
+            raise BitstreamError(f"bitstream is corrupt (tile size {tile}; expected a multiple of {TILE_MULTIPLE} "
+                                 f"in {MIN_TILE}..{MAX_TILE})")
+        header = Header(model_id, height, width, bit_depth, (lo, hi), quality, side_info, tile)
+        rows, cols = header.tile_grid
+        if rows * cols < 2:
+            raise BitstreamError("bitstream is corrupt (a tiled image with a single tile)")
+        for i in range(rows * cols):
+            z_string = reader.take(reader.varint(f"z length of tile {i}"), f"z string of tile {i}")
+            y_string = reader.take(reader.varint(f"y length of tile {i}"), f"y string of tile {i}")
+            if not z_string or not y_string:
+                raise BitstreamError(f"bitstream is corrupt (empty string in tile {i})")
+            tiles.append((z_string, y_string))
+        if reader.pos != len(body):
+            raise BitstreamError(f"bitstream is corrupt ({len(body) - reader.pos} unexpected bytes after the last tile)")
+    else:
+        header = Header(model_id, height, width, bit_depth, (lo, hi), quality, side_info)
+        z_string = reader.take(reader.varint("z length"), "z string")
+        y_string = body[reader.pos:]
+        if not z_string or not y_string:
+            raise BitstreamError("bitstream is corrupt (empty entropy-coded string)")
+        tiles.append((z_string, y_string))
     if expected_model_id is not None and model_id != expected_model_id:
         raise ModelMismatchError(f"bitstream was made by model {model_id.hex()}, but the given model is "
                                  f"{expected_model_id.hex()}; decode it with the model that encoded it")
-    header = Header(model_id, height, width, bit_depth, (float(window[0]), float(window[1])), quality, side_info)
-    return header, z_string, y_string
+    return header, tiles

@@ -7,15 +7,27 @@ pixels of the original size and bit depth.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from fedcodec.bitstream import MODEL_ID_BYTES, Header, pack, unpack
+from fedcodec.bitstream import (
+    MAX_TILE,
+    MIN_TILE,
+    MODEL_ID_BYTES,
+    TILE_MULTIPLE,
+    DecodeLimits,
+    Header,
+    pack,
+    pack_tiles,
+    unpack_tiles,
+)
 from fedcodec.codec import SemanticCodec, pad_to_multiple
 from fedcodec.data import default_window, denormalize, normalize
 from fedcodec.errors import BitstreamError, DataError
+from fedcodec.rans_guard import guarded_entropy_coders
 
 
 def model_id(codec: SemanticCodec) -> bytes:
@@ -50,40 +62,99 @@ class Encoded:
     header: Header
 
 
-@torch.no_grad()
-def encode_image(codec: SemanticCodec, image: np.ndarray, quality: int,
-                 window: tuple[float, float] | None = None) -> Encoded:
-    """Encode a ``(H, W)`` uint8/uint16 image at ``quality`` (0-based) into a container."""
+#: Images with a side longer than this are coded in independent ``TILE x TILE`` tiles (one container), so
+#: encoding and decoding hold one tile's feature maps at a time. Multiple of the codec's 64.
+TILE = 1024
+
+
+def _window_of(image: np.ndarray, window: tuple[float, float] | None) -> tuple[float, float]:
     bit_depth = _check_image(image)
     if window is None:
         window = default_window(bit_depth)
-    if not window[1] > window[0]:
-        raise DataError(f"intensity window must have hi > lo, got {window}")
-    x, (h, w) = image_to_tensor(image, window)
-    enc = codec.compress(x, quality)
-    header = Header(model_id(codec), h, w, bit_depth, (float(window[0]), float(window[1])), int(quality))
-    data = pack(header, enc["strings"][1][0], enc["strings"][0][0])
-    return Encoded(data, 8 * len(data) / (h * w), header)
+    lo, hi = float(window[0]), float(window[1])
+    if not (math.isfinite(lo) and math.isfinite(hi) and hi > lo):
+        raise DataError(f"intensity window must be finite with hi > lo, got {window}")
+    return lo, hi
 
 
 @torch.no_grad()
-def decode_image(codec: SemanticCodec, data: bytes, task_ready: bool = False) -> tuple[np.ndarray, Header]:
+def encode_image(codec: SemanticCodec, image: np.ndarray, quality: int,
+                 window: tuple[float, float] | None = None, tile: int | None = None) -> Encoded:
+    """Encode a ``(H, W)`` uint8/uint16 image at ``quality`` (0-based) into a container.
+
+    Images with a side longer than ``tile`` (default :data:`TILE`; 0 = never tile) are coded as independent
+    tiles of that size in one container, so peak memory depends on the tile, not the image.
+    """
+    bit_depth = _check_image(image)
+    window = _window_of(image, window)
+    if not 0 <= int(quality) < codec.num_qualities:
+        raise DataError(f"quality index must lie in [0, {codec.num_qualities - 1}], got {quality}")
+    tile = TILE if tile is None else int(tile)
+    h, w = image.shape
+    limits = DecodeLimits()
+    if tile and max(h, w) > tile:
+        if tile % TILE_MULTIPLE or not MIN_TILE <= tile <= MAX_TILE:
+            raise DataError(f"tile size must be a multiple of {TILE_MULTIPLE} in {MIN_TILE}..{MAX_TILE}, got {tile}")
+        header = Header(model_id(codec), h, w, bit_depth, window, int(quality), tile=tile)
+        limits.check(h, w, tile)
+        strings = []
+        for top, left, th, tw in header.tile_boxes():
+            x, _ = image_to_tensor(image[top:top + th, left:left + tw], window)
+            enc = codec.compress(x, quality)
+            strings.append((enc["strings"][1][0], enc["strings"][0][0]))
+            del x, enc
+        data = pack_tiles(header, strings)
+    else:
+        header = Header(model_id(codec), h, w, bit_depth, window, int(quality))
+        limits.check(h, w, 0)
+        x, _ = image_to_tensor(image, window)
+        enc = codec.compress(x, quality)
+        data = pack(header, enc["strings"][1][0], enc["strings"][0][0])
+    return Encoded(data, 8 * len(data) / (h * w), header)
+
+
+def _decode_tile(codec: SemanticCodec, z_string: bytes, y_string: bytes, height: int, width: int, quality: int,
+                 task_ready: bool, where: str) -> np.ndarray:
+    """One tile's strings -> ``(height, width)`` float array in [0, 1]; every failure is a BitstreamError."""
+    m = codec.multiple
+    shape = (-(-height // m), -(-width // m))
+    try:
+        with guarded_entropy_coders(codec):
+            x_hat = codec.decompress([[y_string], [z_string]], shape, quality)["x_hat"]
+        if task_ready:
+            x_hat = codec.task_input(x_hat)
+    except BitstreamError:
+        raise
+    except Exception as exc:  # shapes or values a forged (but canonical) string can still provoke
+        raise BitstreamError(f"bitstream payload is corrupt{where} ({type(exc).__name__}: "
+                             f"{str(exc).splitlines()[0][:200] if str(exc) else ''})") from exc
+    x_hat = x_hat[0, 0, :height, :width]
+    if not torch.isfinite(x_hat).all():
+        raise BitstreamError(f"bitstream payload is corrupt (it decodes to NaN or infinite values{where})")
+    return x_hat.clamp(0, 1).float().numpy()
+
+
+@torch.no_grad()
+def decode_image(codec: SemanticCodec, data: bytes, task_ready: bool = False,
+                 limits: DecodeLimits | None = None) -> tuple[np.ndarray, Header]:
     """Decode a container into ``(H, W)`` pixels of the original bit depth.
 
     ``task_ready=True`` returns the image the task network sees (through the codec's feature head).
+    The header's image size is checked against ``limits`` (default :class:`fedcodec.bitstream.DecodeLimits`)
+    before anything is allocated; the entropy decoder runs isolated (:mod:`fedcodec.rans_guard`), so no
+    payload can crash or stall the calling process. Tiled containers are decoded tile by tile.
+
     Raises :class:`BitstreamError` (or :class:`ModelMismatchError`) for a bitstream this codec cannot decode.
     """
-    header, z_string, y_string = unpack(data, expected_model_id=model_id(codec))
+    header, tiles = unpack_tiles(data, expected_model_id=model_id(codec), limits=limits)
     if header.quality >= codec.num_qualities:
         raise BitstreamError(f"bitstream quality {header.quality} is outside this codec's "
                              f"{codec.num_qualities} qualities")
-    m = codec.multiple
-    shape = (-(-header.height // m), -(-header.width // m))
-    try:
-        x_hat = codec.decompress([[y_string], [z_string]], shape, header.quality)["x_hat"]
-    except Exception as exc:  # the rANS decoder raises assorted errors on garbage input
-        raise BitstreamError(f"bitstream payload is corrupt ({type(exc).__name__}: {exc})") from exc
-    if task_ready:
-        x_hat = codec.task_input(x_hat)
-    x_hat = x_hat[0, 0, :header.height, :header.width].clamp(0, 1).numpy()
-    return denormalize(x_hat, header.window, header.bit_depth), header
+    dtype = np.uint8 if header.bit_depth == 8 else np.uint16
+    out = np.empty((header.height, header.width), dtype)
+    boxes = header.tile_boxes()
+    for i, ((top, left, th, tw), (z_string, y_string)) in enumerate(zip(boxes, tiles)):
+        where = f" in tile {i}" if header.tile else ""
+        x_hat = _decode_tile(codec, z_string, y_string, th, tw, header.quality, task_ready, where)
+        out[top:top + th, left:left + tw] = denormalize(x_hat, header.window, header.bit_depth)
+    return out, header
