@@ -117,7 +117,7 @@ def bit_allocation(codec: SemanticCodec, data: bytes) -> BitAllocation:
     # The likelihood the coder's tables approximate: GaussianConditional at the coded scale, symbols as coded.
     _, likelihood = codec.gaussian_conditional(lat["symbols"], lat["scales"] * lat["gain"], training=False)
     bits = (-torch.log2(likelihood)).sum(dim=1)[0]
-    policy = codec.policy(lat["means"], lat["scales"], q)[0, 0]
+    policy = codec.policy(lat["means"].float(), lat["scales"].float(), q)[0, 0]
     gh, gw = -(-header.height // LATENT_STRIDE), -(-header.width // LATENT_STRIDE)
     return BitAllocation(header=header, bits=bits[:gh, :gw].double().numpy(),
                          policy_gain=policy[:gh, :gw].double().numpy(), image=image,

@@ -52,6 +52,9 @@ GROUP_PREFIXES: dict[str, tuple[str, ...]] = {
 }
 ADAPTABLE_GROUPS = ("policy", "adapters")
 ALL_GROUPS = ("base", *ADAPTABLE_GROUPS)
+#: Codec architectures: ``v1`` symmetric (the first embedded default), ``lean`` light encoder, small
+#: hyper-latent, wider synthesis.
+ARCHITECTURES = ("v1", "lean")
 
 
 def group_of(key: str) -> str:
@@ -148,36 +151,58 @@ class SemanticCodec(CompressionModel):
 
     def __init__(self, N: int = 48, M: int = 64, num_qualities: int = 8, adapter_rank: int = 8,
                  policy_hidden: int = 24, gain_range: tuple[float, float] = (0.25, 2.0),
-                 z_gain: bool = False) -> None:
+                 z_gain: bool = False, arch: str = "v1", Nz: int | None = None,
+                 decoder_widths: Sequence[int] | None = None) -> None:
         super().__init__()
+        if arch not in ARCHITECTURES:
+            raise ValueError(f"unknown codec architecture {arch!r}; choose from {ARCHITECTURES}")
         self.config = dict(N=N, M=M, num_qualities=num_qualities, adapter_rank=adapter_rank,
                            policy_hidden=policy_hidden, gain_range=list(gain_range))
         if z_gain:
             self.config["z_gain"] = True
+        self.arch = arch
         self.N, self.M, self.num_qualities = N, M, num_qualities
-        self.g_a = nn.Sequential(conv(1, N), GDN(N), conv(N, N), GDN(N), conv(N, N), GDN(N), conv(N, M))
+        if arch == "v1":
+            # The first architecture (files without "arch" in their config): symmetric transforms at full width.
+            Nz, widths = N, (N, N, N)
+            self.g_a = nn.Sequential(conv(1, N), GDN(N), conv(N, N), GDN(N), conv(N, N), GDN(N), conv(N, M))
+            self.h_a = nn.Sequential(conv(M, N, stride=1, kernel_size=3), nn.LeakyReLU(inplace=True),
+                                     conv(N, N), nn.LeakyReLU(inplace=True), conv(N, N))
+        else:
+            # "lean": a light encoder (hospitals encode on modest CPUs) and a small hyper-latent (side
+            # information must shrink with the rate); the capacity sits in the synthesis and hyper-synthesis.
+            Nz = Nz or 16
+            widths = tuple(decoder_widths or (96, 64, 48))
+            if len(widths) != 3:
+                raise ValueError(f"decoder_widths needs 3 entries, got {widths}")
+            self.config.update(arch=arch, Nz=Nz, decoder_widths=list(widths))
+            # Space-to-depth front end: no convolution runs at full resolution.
+            self.g_a = nn.Sequential(nn.PixelUnshuffle(4), conv(16, N, stride=1, kernel_size=3), GDN(N),
+                                     conv(N, N), GDN(N), conv(N, M))
+            self.h_a = nn.Sequential(conv(M, N, stride=1, kernel_size=3), nn.LeakyReLU(inplace=True),
+                                     conv(N, N), nn.LeakyReLU(inplace=True), conv(N, Nz))
+        self.Nz = Nz
+        hyper = N if arch == "v1" else max(N, M)
         # Synthesis in stages so that adapters can sit between them.
         self.g_s = nn.ModuleList([
-            nn.Sequential(deconv(M, N), GDN(N, inverse=True)),
-            nn.Sequential(deconv(N, N), GDN(N, inverse=True)),
-            nn.Sequential(deconv(N, N), GDN(N, inverse=True)),
-            deconv(N, 1),
+            nn.Sequential(deconv(M, widths[0]), GDN(widths[0], inverse=True)),
+            nn.Sequential(deconv(widths[0], widths[1]), GDN(widths[1], inverse=True)),
+            nn.Sequential(deconv(widths[1], widths[2]), GDN(widths[2], inverse=True)),
+            deconv(widths[2], 1),
         ])
-        self.h_a = nn.Sequential(conv(M, N, stride=1, kernel_size=3), nn.LeakyReLU(inplace=True),
-                                 conv(N, N), nn.LeakyReLU(inplace=True), conv(N, N))
-        self.h_s = nn.Sequential(deconv(N, M), nn.LeakyReLU(inplace=True),
-                                 deconv(M, M * 3 // 2), nn.LeakyReLU(inplace=True),
+        self.h_s = nn.Sequential(deconv(Nz, M if arch == "v1" else hyper), nn.LeakyReLU(inplace=True),
+                                 deconv(M if arch == "v1" else hyper, M * 3 // 2), nn.LeakyReLU(inplace=True),
                                  conv(M * 3 // 2, M * 2, stride=1, kernel_size=3))
-        self.entropy_bottleneck = EntropyBottleneck(N)
+        self.entropy_bottleneck = EntropyBottleneck(Nz)
         self.gaussian_conditional = GaussianConditional(None)
         lo, hi = gain_range
         log_gains = torch.linspace(math.log(lo), math.log(hi), num_qualities)
         # Per-quality, per-channel log-gains (Cui et al. gain units), part of the base codec.
         self.log_gain = nn.Parameter(log_gains[:, None].repeat(1, M).clone())
         # Per-quality, per-channel log-gains of the hyper-latent (base codec; absent when z_gain is off).
-        self.log_z_gain = nn.Parameter(torch.zeros(num_qualities, N)) if z_gain else None
+        self.log_z_gain = nn.Parameter(torch.zeros(num_qualities, Nz)) if z_gain else None
         self.policy = PolicyHead(M, num_qualities, hidden=policy_hidden)
-        self.adapters = nn.ModuleList([ResidualAdapter(N, adapter_rank) for _ in range(3)])
+        self.adapters = nn.ModuleList([ResidualAdapter(w, adapter_rank) for w in widths])
         self.feature_head = FeatureHead()
 
     # ------------------------------------------------------------------ building blocks
@@ -201,8 +226,29 @@ class SemanticCodec(CompressionModel):
         if not torch.isfinite(x).all():
             raise DataError("the image contains NaN or infinite values")
 
-    def gains(self, z_hat: torch.Tensor, quality: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Decoder-side quantities from ``z_hat``: means, scales and the total gain ``G`` (all ``(B, M, h, w)``)."""
+    def gains(self, z_hat: torch.Tensor, quality: torch.Tensor,
+              exact: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Decoder-side quantities from ``z_hat``: means, scales and the total gain ``G`` (all ``(B, M, h, w)``).
+
+        With ``exact`` (entropy coding) they are computed in float64 from float64 copies of the parameters and
+        returned as float64. The entropy coder picks its table for each symbol by comparing ``scales * G``
+        with fixed thresholds, and encoder and decoder must pick the same one: in float32 the summation order
+        of a convolution (thread count, batch composition, device, library version) moves results by about
+        1e-7 relative, enough to cross a threshold now and then and desynchronise the whole rest of the
+        string (CompressAI issue 279). In float64 the same differences are about 1e-16, below the spacing
+        of float32 thresholds by eight orders of magnitude.
+        """
+        if exact:
+            params = {k: v.to(torch.float64) for k, v in self.named_parameters()
+                      if k.startswith(("h_s.", "policy.", "log_gain"))}
+            h_s = {k[len("h_s."):]: v for k, v in params.items() if k.startswith("h_s.")}
+            pol = {k[len("policy."):]: v for k, v in params.items() if k.startswith("policy.")}
+            z64 = z_hat.to(torch.float64)
+            means, scales = torch.func.functional_call(self.h_s, h_s, (z64,)).chunk(2, dim=1)
+            scales = scales.abs().clamp_min(0.11)
+            channel_gain = torch.exp(params["log_gain"][quality])[:, :, None, None]
+            spatial_gain = torch.func.functional_call(self.policy, pol, (means, scales, quality))
+            return means, scales, channel_gain * spatial_gain
         means, scales = self.h_s(z_hat).chunk(2, dim=1)
         scales = scales.abs().clamp_min(0.11)  # GaussianConditional's lower scale bound
         channel_gain = torch.exp(self.log_gain[quality])[:, :, None, None]
@@ -286,16 +332,17 @@ class SemanticCodec(CompressionModel):
         zg = self._z_gain(q)
         z_strings = self.entropy_bottleneck.compress(z * zg if zg is not None else z)
         z_hat = self._decode_z(z_strings, tuple(z.shape[-2:]), q)
-        means, scales, gain = self.gains(z_hat, q)
+        means, scales, gain = self.gains(z_hat, q, exact=True)
         indexes = self.gaussian_conditional.build_indexes(scales * gain)
-        y_strings = self.gaussian_conditional.compress((y - means) * gain, indexes)
+        y_strings = self.gaussian_conditional.compress((y.to(torch.float64) - means) * gain, indexes)
         return {"strings": [y_strings, z_strings], "shape": tuple(z.shape[-2:])}
 
     @torch.no_grad()
     def decompress(self, strings: Sequence[Sequence[bytes]], shape: tuple[int, int], quality: int) -> dict:
         """Inverse of :meth:`compress`: returns ``{"x_hat": (B, 1, 64*h_z, 64*w_z)}`` (not clamped)."""
         lat = self.decode_latents(strings, shape, quality)
-        return {"x_hat": self.synthesize(lat["means"] + lat["symbols"] / lat["gain"])}
+        y_hat = (lat["means"] + lat["symbols"] / lat["gain"]).to(self.log_gain.dtype)
+        return {"x_hat": self.synthesize(y_hat)}
 
     @torch.no_grad()
     def decode_latents(self, strings: Sequence[Sequence[bytes]], shape: tuple[int, int],
@@ -303,13 +350,13 @@ class SemanticCodec(CompressionModel):
         """Entropy-decode the strings of :meth:`compress` without synthesis.
 
         Returns ``{"means", "scales", "gain", "symbols"}``, each ``(B, M, 4*h_z, 4*w_z)``: the decoder-side
-        hyperprior, the total gain ``G`` and the coded integers ``Q((y - mu) * G)``.
+        hyperprior, the total gain ``G`` and the coded integers ``Q((y - mu) * G)``, all float64 (see :meth:`gains`).
         """
         q = self._quality_tensor(quality, len(strings[1]), self.log_gain.device)
         z_hat = self._decode_z(strings[1], shape, q)
-        means, scales, gain = self.gains(z_hat, q)
+        means, scales, gain = self.gains(z_hat, q, exact=True)
         indexes = self.gaussian_conditional.build_indexes(scales * gain)
-        symbols = self.gaussian_conditional.decompress(strings[0], indexes, dtype=z_hat.dtype)
+        symbols = self.gaussian_conditional.decompress(strings[0], indexes, dtype=torch.float64)
         return {"means": means, "scales": scales, "gain": gain, "symbols": symbols}
 
     # ------------------------------------------------------------------ parameter groups

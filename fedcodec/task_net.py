@@ -31,9 +31,33 @@ _DICE_SOFTMAX = DiceLoss(to_onehot_y=True, softmax=True, include_background=Fals
 _DICE_SIGMOID = DiceLoss(sigmoid=True, reduction="none")
 
 
-def build_task_network(features: Sequence[int] = DEFAULT_FEATURES, out_channels: int = 2) -> nn.Module:
-    """A MONAI BasicUNet for ``(B, 1, H, W)`` images (instance norm: no batch statistics, Opacus-safe)."""
-    return BasicUNet(spatial_dims=2, in_channels=1, out_channels=out_channels, features=tuple(features))
+#: Segmenter architectures :func:`build_task_network` knows (all MONAI networks, instance norm).
+TASK_ARCHITECTURES = ("basicunet", "unet", "segresnet")
+
+
+def build_task_network(features: Sequence[int] = DEFAULT_FEATURES, out_channels: int = 2,
+                       arch: str = "basicunet") -> nn.Module:
+    """A MONAI 2-D segmenter for ``(B, 1, H, W)`` images (instance norm: no batch statistics, Opacus-safe).
+
+    Args:
+        features: ``basicunet``: its six feature widths; ``unet``: the channels of each level (strides 2);
+            ``segresnet``: the first width (``init_filters``) is ``features[0]``.
+        arch: one of :data:`TASK_ARCHITECTURES`. Several architectures let pretraining avoid tying the codec to
+            one segmenter, and let benchmarks evaluate with one the codec never saw.
+    """
+    if arch == "basicunet":
+        return BasicUNet(spatial_dims=2, in_channels=1, out_channels=out_channels, features=tuple(features))
+    if arch == "unet":
+        from monai.networks.nets import UNet
+
+        return UNet(spatial_dims=2, in_channels=1, out_channels=out_channels, channels=tuple(features),
+                    strides=(2,) * (len(features) - 1), num_res_units=1, norm="instance")
+    if arch == "segresnet":
+        from monai.networks.nets import SegResNet
+
+        return SegResNet(spatial_dims=2, in_channels=1, out_channels=out_channels, init_filters=int(features[0]),
+                         blocks_down=(1, 2, 2, 2), blocks_up=(1, 1, 1), norm="instance")
+    raise ValueError(f"unknown task network architecture {arch!r}; choose from {TASK_ARCHITECTURES}")
 
 
 def foreground_probability(logits: torch.Tensor) -> torch.Tensor:
@@ -103,7 +127,8 @@ def segmentation_loss(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 def train_task_network(images: np.ndarray, masks: np.ndarray, steps: int = 600, batch_size: int = 8,
                        crop: int = 128, lr: float = 2e-3, seed: int = 0,
-                       features: Sequence[int] = DEFAULT_FEATURES, progress: bool = True) -> nn.Module:
+                       features: Sequence[int] = DEFAULT_FEATURES, progress: bool = True,
+                       arch: str = "basicunet") -> nn.Module:
     """Train the segmenter on uncompressed images.
 
     Args:
@@ -116,7 +141,7 @@ def train_task_network(images: np.ndarray, masks: np.ndarray, steps: int = 600, 
 
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    net = build_task_network(features)
+    net = build_task_network(features, arch=arch)
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
     augment = Compose([

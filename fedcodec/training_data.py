@@ -1,0 +1,113 @@
+"""Training data for pretraining and task networks: domain-randomised phantoms plus real labelled folders.
+
+A pretrained codec must serve hospitals it has never seen, so it does not train on one domain: each phantom
+of the pool gets its own random hospital shift (contrast, noise, blur, gamma, offset, resolution, bit depth;
+:func:`fedcodec.data.hospital_shift` of an id drawn from a range no benchmark uses), a share of the pool stays
+in the source domain (hospital 0), and real labelled CT/MR slices (``fedcodec datasets fetch``) can be
+mixed in. Images of any size are used: :func:`random_crops` pads images smaller than the crop.
+
+Everything is a pure function of its seed, so a resumed run rebuilds exactly the same pool.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from fedcodec.data import Sample, hospital_shift, make_phantom, normalize
+from fedcodec.errors import DataError
+
+log = logging.getLogger(__name__)
+
+#: Hospital ids of the randomised training shifts start here: far from the fixed table (0-5) and from the
+#: ids benchmarks and scenarios draw (below 10,000), so no evaluated hospital was trained on.
+RANDOM_SHIFT_BASE = 1_000_000
+
+
+@dataclass
+class TrainingPool:
+    """Normalised images and masks of any sizes.
+
+    Attributes:
+        images: list of ``(H_i, W_i)`` float32 arrays in [0, 1].
+        masks: list of ``(H_i, W_i)`` uint8 arrays in {0, 1}.
+        names: one name per image (phantom name or ``folder/stem``).
+    """
+
+    images: list[np.ndarray]
+    masks: list[np.ndarray]
+    names: list[str]
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    @classmethod
+    def from_samples(cls, samples: Sequence[Sample]) -> "TrainingPool":
+        unlabelled = [s.name for s in samples if s.mask is None]
+        if unlabelled:
+            raise DataError(f"training needs masks; these samples have none: {unlabelled[:5]}")
+        return cls([normalize(s.image, s.window).astype(np.float32) for s in samples],
+                   [(s.mask > 0).astype(np.uint8) for s in samples], [s.name for s in samples])
+
+    def extend(self, other: "TrainingPool") -> "TrainingPool":
+        return TrainingPool(self.images + other.images, self.masks + other.masks, self.names + other.names)
+
+
+def randomised_phantoms(n: int, seed: int, size: int = 256, source_share: float = 0.25) -> list[Sample]:
+    """``n`` phantoms, each with its own random hospital shift; ``source_share`` of them in hospital 0's domain.
+
+    Phantom ``i`` is drawn from ``default_rng([seed, 0xD0, i])`` with the shift of hospital
+    ``RANDOM_SHIFT_BASE + seed * n + i`` (or hospital 0), so it depends only on ``(seed, i, n)``.
+    """
+    if n < 1 or not 0.0 <= source_share <= 1.0:
+        raise DataError(f"need n >= 1 and source_share in [0, 1], got n={n}, source_share={source_share}")
+    out = []
+    for i in range(n):
+        rng = np.random.default_rng([seed, 0xD0, i])
+        hospital = 0 if rng.random() < source_share else RANDOM_SHIFT_BASE + seed * n + i
+        shift = hospital_shift(hospital)
+        image, mask = make_phantom(rng, size, shift)
+        window = (0.0, 255.0) if shift.bit_depth == 8 else (0.0, 65535.0)
+        out.append(Sample(image, mask, f"rand{seed}_{i:05d}_h{hospital}", shift.bit_depth, window))
+    return out
+
+
+def random_crops(pool: TrainingPool, rng: np.random.Generator, batch: int, crop: int,
+                 flips: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch of random ``crop x crop`` windows: ``(B, 1, crop, crop)`` float in [0, 1] and uint8 masks.
+
+    Images smaller than the crop are replicate-padded (the mask with 0) on the bottom/right first; horizontal
+    flips and 90-degree rotations augment (both keep vessels vessels).
+    """
+    if len(pool) == 0:
+        raise DataError("the training pool is empty")
+    xs, ms = [], []
+    for i in rng.integers(0, len(pool), batch):
+        img, msk = pool.images[i], pool.masks[i]
+        h, w = img.shape
+        ph, pw = max(0, crop - h), max(0, crop - w)
+        if ph or pw:
+            img = np.pad(img, ((0, ph), (0, pw)), mode="edge")
+            msk = np.pad(msk, ((0, ph), (0, pw)))
+            h, w = img.shape
+        a, b = int(rng.integers(0, h - crop + 1)), int(rng.integers(0, w - crop + 1))
+        x, m = img[a:a + crop, b:b + crop], msk[a:a + crop, b:b + crop]
+        if flips:
+            k = int(rng.integers(0, 4))
+            x, m = np.rot90(x, k), np.rot90(m, k)
+            if rng.random() < 0.5:
+                x, m = x[:, ::-1], m[:, ::-1]
+        xs.append(np.ascontiguousarray(x))
+        ms.append(np.ascontiguousarray(m))
+    return torch.from_numpy(np.stack(xs)[:, None]), torch.from_numpy(np.stack(ms)[:, None])
+
+
+def pad_batch(x: torch.Tensor, multiple: int) -> torch.Tensor:
+    """Replicate-pad ``(B, C, H, W)`` on the bottom/right to multiples of ``multiple``."""
+    ph, pw = (-x.shape[-2]) % multiple, (-x.shape[-1]) % multiple
+    return F.pad(x, (0, pw, 0, ph), mode="replicate") if (ph or pw) else x

@@ -1,0 +1,88 @@
+"""Portable bitstreams: an encoder and a decoder on different thread counts or batch compositions pick the
+same entropy-coder tables, so they decode the same latent symbols (never a desync)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from fedcodec.bitstream import unpack
+from fedcodec.codec import SemanticCodec
+from fedcodec.coding import decode_image, encode_image, image_to_tensor
+from fedcodec.data import make_phantoms
+
+
+@pytest.fixture
+def threads():
+    before = torch.get_num_threads()
+    yield torch.set_num_threads
+    torch.set_num_threads(before)
+
+
+def _latents(codec, datas, shape, quality):
+    strings = [[unpack(d)[2] for d in datas], [unpack(d)[1] for d in datas]]
+    return codec.decode_latents(strings, shape, quality)
+
+
+@pytest.mark.parametrize("quality", [0, 7])
+def test_symbols_identical_across_threads_and_batches(threads, quality):
+    from fedcodec.model_io import load_codec
+
+    codec = load_codec()  # the embedded default: a trained model, where table choices really vary
+    a, b = make_phantoms(2, seed=77, size=512, hospital=1)
+    threads(1)
+    enc = encode_image(codec, a.image, quality)
+    other = encode_image(codec, b.image, quality)
+    ref = _latents(codec, [enc.data], (8, 8), quality)
+    img1, _ = decode_image(codec, enc.data)
+    threads(2)
+    alone = _latents(codec, [enc.data], (8, 8), quality)
+    batch = _latents(codec, [other.data, enc.data, other.data], (8, 8), torch.tensor([quality] * 3))
+    img2, _ = decode_image(codec, enc.data)
+    # The decoder-side hyperprior and gain agree to float64 rounding, far below any table threshold ...
+    for lat in (alone, batch):
+        sl = slice(1, 2) if lat is batch else slice(0, 1)
+        for key in ("means", "scales", "gain"):
+            assert lat[key].dtype == torch.float64
+            torch.testing.assert_close(lat[key][sl], ref[key], rtol=1e-12, atol=1e-12)
+        # ... so the decoded symbols are identical, and they are what the encoder wrote.
+        assert torch.equal(lat["symbols"][sl], ref["symbols"])
+        assert torch.equal(codec.gaussian_conditional.build_indexes(lat["scales"][sl] * lat["gain"][sl]),
+                           codec.gaussian_conditional.build_indexes(ref["scales"] * ref["gain"]))
+    x, _ = image_to_tensor(a.image, (0.0, 255.0))
+    with torch.no_grad():
+        y = codec.g_a(x)
+        expect = torch.round((y.double() - ref["means"]) * ref["gain"])
+    assert torch.equal(ref["symbols"], expect)
+    assert np.abs(img1.astype(int) - img2.astype(int)).max() <= 1
+
+
+def test_lean_architecture_round_trip_matches_forward():
+    torch.manual_seed(0)
+    codec = SemanticCodec(N=16, M=16, num_qualities=4, arch="lean", Nz=4, decoder_widths=(24, 16, 8), z_gain=True)
+    with torch.no_grad():
+        codec.g_a[-1].weight.mul_(30)
+    codec.update(force=True)
+    codec.eval()
+    assert codec.config["arch"] == "lean" and codec.entropy_bottleneck.channels == 4
+    # the space-to-depth front end: the first convolution already runs at a quarter of the resolution
+    assert isinstance(codec.g_a[0], torch.nn.PixelUnshuffle)
+    x = torch.from_numpy(make_phantoms(1, seed=3, size=128)[0].image / 255.0).float()[None, None]
+    with torch.no_grad():
+        fwd = codec(x, 2)["x_hat"]
+    enc = codec.compress(x, 2)
+    dec = codec.decompress(enc["strings"], enc["shape"], 2)["x_hat"]
+    assert fwd.abs().max() > 0.05
+    torch.testing.assert_close(dec, fwd, rtol=0, atol=1e-4)
+
+
+def test_lean_codec_file_round_trip(tmp_path):
+    from fedcodec.model_io import load_codec, save_codec
+
+    codec = SemanticCodec(N=16, M=16, num_qualities=4, arch="lean", Nz=4, decoder_widths=(24, 16, 8), z_gain=True)
+    save_codec(codec, tmp_path / "c.pt")
+    again = load_codec(tmp_path / "c.pt")
+    assert again.config == codec.config and again.identity_hash() == codec.identity_hash()
+    with pytest.raises(ValueError, match="architecture"):
+        SemanticCodec(arch="v9")
