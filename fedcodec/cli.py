@@ -26,6 +26,7 @@ import argparse
 import importlib
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -88,6 +89,106 @@ class _Parser(argparse.ArgumentParser):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("formatter_class", _HelpFormatter)   # the subcommands' parsers are _Parser too
         super().__init__(*args, **kwargs)
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        """One line and exit status 2 (argparse would print the whole usage first)."""
+        self.exit(2, f"fedcodec: error: {_one_line(message)} (see: {self.prog} --help)\n")
+
+
+# ---------------------------------------------------------------------------------------------------- validation
+def _number(kind: type, lo: float | None = None, hi: float | None = None, lo_open: bool = False,
+            hi_open: bool = False) -> Any:
+    """An argparse ``type`` that accepts only finite numbers of ``kind`` in the given range."""
+    import math
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, "
+                                             f"got {text!r}") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+        if lo is not None and (value <= lo if lo_open else value < lo):
+            raise argparse.ArgumentTypeError(f"must be {'>' if lo_open else '>='} {lo:g}, got {text}")
+        if hi is not None and (value >= hi if hi_open else value > hi):
+            raise argparse.ArgumentTypeError(f"must be {'<' if hi_open else '<='} {hi:g}, got {text}")
+        return value
+
+    parse.__name__ = kind.__name__   # argparse names the type in its messages
+    return parse
+
+
+#: The accepted range of every numeric flag, by destination: (type, lo, hi, lo exclusive, hi exclusive).
+NUMERIC_FLAGS: dict[str, tuple] = {
+    "n": (int, 1, 100_000), "hospital": (int, 0, 2**31 - 1), "seed": (int, 0, 2**32 - 1),
+    "size": (int, 64, 8192), "steps": (int, 1, 10**7), "task_steps": (int, 1, 10**7),
+    "batch_size": (int, 1, 4096), "crop": (int, 64, 8192), "images": (int, 1, 10**7),
+    "image_size": (int, 64, 8192), "N": (int, 1, 4096), "M": (int, 1, 4096), "num_qualities": (int, 1, 255),
+    "lambda_adv": (float, 0, 1e9), "gain_lr_scale": (float, 0, 1e6, True), "shots": (int, 1, 64),
+    "lr": (float, 0, 10, True), "lambda_d": (float, 0, 1e9), "lambda_t": (float, 0, 1e9),
+    "dp_noise": (float, 0, 1e6), "max_grad_norm": (float, 0, 1e6, True), "delta": (float, 0, 1, True, True),
+    "limit": (int, 1, 10**7), "bandwidth": (float, 0, 1e9, True), "study_images": (int, 1, 10**7),
+    "quality": (int, 1, 255),
+}
+
+
+def _validate_numbers(parser: argparse.ArgumentParser) -> None:
+    """Give every numeric flag of every subcommand a type that checks finiteness and range."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                _validate_numbers(sub)
+        elif action.dest in NUMERIC_FLAGS and action.type in (int, float):
+            kind, *bounds = NUMERIC_FLAGS[action.dest]
+            action.type = _number(kind, *bounds)
+
+
+def _one_line(text: str, limit: int = 400) -> str:
+    """Collapse a (possibly many-line) message into one line of at most ``limit`` characters."""
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+#: Largest bitstream file the CLI reads (a 2**27-pixel image at 8 bpp is 128 MiB).
+MAX_BITSTREAM_BYTES = 1 << 30
+
+
+def _read_bitstream(path: str | Path) -> bytes:
+    """Read a bitstream file and check its container and header (size limits included) before any model is
+    loaded, so a forged or foreign file fails in milliseconds."""
+    from fedcodec.bitstream import unpack_tiles
+    from fedcodec.errors import BitstreamError
+
+    p = Path(path)
+    if not p.is_file():
+        raise BitstreamError(f"{p}: bitstream file not found")
+    size = p.stat().st_size
+    if size > MAX_BITSTREAM_BYTES:
+        raise BitstreamError(f"{p}: {size:,} bytes is larger than any bitstream this decoder accepts")
+    data = p.read_bytes()
+    unpack_tiles(data)
+    return data
+
+
+def _check_outputs(*paths: str | Path, overwrite: bool = False) -> list[Path]:
+    """Every output (and file written beside it) must be a creatable file path that is free, or replaceable
+    with ``--overwrite``; checked before any work so that a failure writes nothing."""
+    from fedcodec.errors import OutputExistsError
+
+    out = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            raise OutputExistsError(f"{p} is a folder; give a file name")
+        for parent in p.parents:
+            if parent.exists():
+                if not parent.is_dir():
+                    raise OutputExistsError(f"cannot write {p}: {parent} is a file, not a folder")
+                break
+        if p.exists() and not overwrite:
+            raise OutputExistsError(f"{p} exists already; choose another path or pass --overwrite")
+        out.append(p)
+    return out
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -183,8 +284,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export", help="merge an adapted parameter subset into a codec file")
     _add_model(p)
-    p.add_argument("--subset", required=True, help="torch file with the subset (a state dict of policy/adapter "
-                   "parameters, e.g. a federated checkpoint)")
+    p.add_argument("--subset", required=True, help="the adapted subset: a federation round checkpoint "
+                   "(checkpoints/round-NNNN.pt, latest.pt) or run folder, a codec file, or a state dict of "
+                   "policy/adapter tensors")
     p.add_argument("--out", required=True, help="output codec file")
     _add_overwrite(p)
 
@@ -201,6 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--heldout", default=None, metavar="VOL[,VOL]",
                    help="volumes to hold out (default: the dataset's; '' for none)")
     _add_overwrite(p)
+    _validate_numbers(parser)
     return parser
 
 
@@ -208,11 +311,45 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_phantoms(args: argparse.Namespace) -> None:
     from fedcodec.data import make_phantoms, write_folder
 
-    if args.n < 1:
-        raise _usage("--n must be at least 1")
+    from fedcodec.model_io import write_json
+
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise _usage(f"--out {out} is a file; phantoms writes a folder")
+    if args.overwrite and out.is_dir() and any(out.iterdir()):
+        _check_phantoms_folder(out)
     samples = make_phantoms(args.n, seed=args.seed, size=args.size, hospital=args.hospital)
-    write_folder(samples, args.out, overwrite=args.overwrite)
-    print(f"wrote {len(samples)} phantoms of hospital {args.hospital} to {args.out}")
+    write_folder(samples, out, overwrite=args.overwrite)
+    written = sorted(str(f.relative_to(out)) for d in ("images", "masks") if (out / d).is_dir()
+                     for f in (out / d).iterdir() if f.is_file())
+    written += [n for n in ("windows.json",) if (out / n).is_file()]
+    write_json(out / PHANTOMS_MANIFEST, {"command": "phantoms", "n": args.n, "hospital": args.hospital,
+                                         "seed": args.seed, "size": args.size, "files": written})
+    print(f"wrote {len(samples)} phantoms of hospital {args.hospital} to {out}")
+
+
+#: What ``fedcodec phantoms`` wrote into its folder; ``--overwrite`` deletes nothing that is not listed.
+PHANTOMS_MANIFEST = ".fedcodec-phantoms.json"
+
+
+def _check_phantoms_folder(out: Path) -> None:
+    """``phantoms --overwrite`` replaces only a folder it wrote itself, and only the files it wrote there."""
+    from fedcodec.data import IMAGE_SUFFIXES
+
+    manifest = out / PHANTOMS_MANIFEST
+    try:
+        listed = set(json.loads(manifest.read_text())["files"])
+    except (OSError, ValueError, KeyError, TypeError):
+        raise _usage(f"--overwrite replaces only a folder written by fedcodec phantoms ({PHANTOMS_MANIFEST}); "
+                     f"{out} has no such record: choose a new or empty folder") from None
+    at_risk = [f for d in ("images", "masks") if (out / d).is_dir() for f in (out / d).iterdir()
+               if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES]
+    at_risk += [f for f in (out / "windows.json",) if f.is_file()]
+    foreign = sorted(str(f.relative_to(out)) for f in at_risk if str(f.relative_to(out)) not in listed)
+    if foreign:
+        raise _usage(f"{out} holds files fedcodec phantoms did not write ({', '.join(foreign[:3])}"
+                     f"{'...' if len(foreign) > 3 else ''}); --overwrite would delete them: move them or choose "
+                     "another folder")
 
 
 def cmd_task_train(args: argparse.Namespace) -> None:
@@ -223,7 +360,7 @@ def cmd_task_train(args: argparse.Namespace) -> None:
     from fedcodec.model_io import check_new_output, save_task, write_json
     from fedcodec.task_net import train_task_network
 
-    out = check_new_output(args.out, args.overwrite)
+    out, _ = _check_outputs(args.out, Path(str(args.out) + ".json"), overwrite=args.overwrite)
     steps = args.steps if hasattr(args, "steps") else config_default(PRETRAIN, "task_steps")
     samples = load_data(args.data)
     # Any sizes: images smaller than the training crop are padded (reflected; masks with 0), larger ones cropped.
@@ -231,6 +368,7 @@ def cmd_task_train(args: argparse.Namespace) -> None:
     images, masks = padded_arrays(samples, crop)
     start = time.perf_counter()
     net = train_task_network(images, masks, steps=steps, seed=args.seed)
+    out = check_new_output(out, args.overwrite)
     save_task(net, out, overwrite=True)
     record = {"data": str(args.data), "steps": steps, "seed": args.seed, "images": len(samples),
               "seconds": round(time.perf_counter() - start, 1),
@@ -247,6 +385,8 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
 
     fields = ("steps", "batch_size", "crop", "images", "image_size", "hospital", "seed", "N", "M",
               "num_qualities", "task_steps", "lambda_adv", "gain_lr_scale")
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise _usage(f"--out {args.out} is a file; pretrain writes a folder")
     config = PretrainConfig(**_given(args, fields), semantic=not args.mse, z_gain=args.z_gain, init=args.init or "")
     if args.init:
         config.stages = fine_tune_stages()
@@ -281,7 +421,7 @@ def cmd_adapt(args: argparse.Namespace) -> None:
     if not 1 <= args.shots <= 64:
         raise _usage(f"--shots must be between 1 and 64 (1 to 8 is the intended range), got {args.shots}")
     config = adapt_config_from_args(args)
-    out = check_new_output(args.out, args.overwrite)
+    out, out_json = _check_outputs(args.out, Path(str(args.out) + ".json"), overwrite=args.overwrite)
     codec, task_net = load_codec(args.model), load_task(args.task)
     samples = load_data(args.data, limit=args.shots)
     if len(samples) < args.shots:
@@ -292,12 +432,13 @@ def cmd_adapt(args: argparse.Namespace) -> None:
         raise RuntimeError("base codec changed during adaptation")
     record = {"command": "adapt", "model": args.model or "embedded default", "task": args.task or "embedded default",
               "data": str(args.data), "samples": [s.name for s in samples], "config": config_dict(config),
-              "metrics": result.metrics, "base_id": base_id}
+              "metrics": result.metrics, "selection": result.reason, "base_id": base_id}
+    out = check_new_output(out, args.overwrite)
     save_codec(codec, out, meta={"adapt": record}, overwrite=True)
-    write_json(out.with_suffix(out.suffix + ".json"), {**record, "model_id": codec.identity_hash()})
+    write_json(out_json, {**record, "model_id": codec.identity_hash()})
     eps = f", epsilon {result.metrics['epsilon']:.2f}" if config.dp else ""
-    print(f"adapted codec -> {out} ({len(samples)} shots, {config.steps} steps, "
-          f"{result.metrics['seconds']:.1f} s{eps})")
+    print(f"adapted codec -> {out} ({len(samples)} shots, {int(result.metrics['steps'])} steps, "
+          f"{result.metrics['seconds']:.1f} s{eps})" + (f"; {result.reason}" if result.reason else ""))
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -306,10 +447,9 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from fedcodec.model_io import load_codec, load_task
 
     out = Path(args.out)
-    if (out / "results.json").exists() and not args.overwrite:
-        from fedcodec.errors import OutputExistsError
-
-        raise OutputExistsError(f"{out / 'results.json'} exists already; choose another --out or pass --overwrite")
+    if out.exists() and not out.is_dir():
+        raise _usage(f"--out {out} is a file; evaluate writes a folder (results.json, report.md, rate_dice.png)")
+    _check_outputs(out / "results.json", out / "report.md", out / "rate_dice.png", overwrite=args.overwrite)
     codec, task_net = load_codec(args.model), load_task(args.task)
     extra = {}
     for item in args.compare:
@@ -342,13 +482,13 @@ def cmd_encode(args: argparse.Namespace) -> None:
     from fedcodec.data import read_image
     from fedcodec.model_io import atomic_write_bytes, check_new_output, load_codec
 
-    out = check_new_output(args.output, args.overwrite)
+    (out,) = _check_outputs(args.output, overwrite=args.overwrite)
     image, bit_depth, window = read_image(args.input)
     codec = load_codec(args.model)
     if not 1 <= args.quality <= codec.num_qualities:
         raise _usage(f"--quality must be 1..{codec.num_qualities}, got {args.quality}")
     enc = encode_image(codec, image, args.quality - 1, window)
-    atomic_write_bytes(out, enc.data)
+    atomic_write_bytes(check_new_output(out, args.overwrite), enc.data)
     print(f"{args.input} ({image.shape[1]}x{image.shape[0]}, {bit_depth}-bit) -> {out}: {len(enc.data)} bytes, "
           f"{enc.bpp:.4f} bpp at quality {args.quality}")
 
@@ -356,45 +496,41 @@ def cmd_encode(args: argparse.Namespace) -> None:
 def cmd_decode(args: argparse.Namespace) -> None:
     import io
 
+    (out,) = _check_outputs(args.output, overwrite=args.overwrite)
+    data = _read_bitstream(args.input)      # before torch is imported: a forged header fails in milliseconds
+
     from PIL import Image
 
     from fedcodec.coding import decode_image
-    from fedcodec.errors import BitstreamError
     from fedcodec.model_io import atomic_write_bytes, check_new_output, load_codec
 
-    out = check_new_output(args.output, args.overwrite)
-    path = Path(args.input)
-    if not path.is_file():
-        raise BitstreamError(f"{path}: bitstream file not found")
-    data = path.read_bytes()
     image, header = decode_image(load_codec(args.model), data, task_ready=args.task_ready)
     buf = io.BytesIO()
     Image.fromarray(image).save(buf, format="PNG")
-    atomic_write_bytes(out, buf.getvalue())
-    print(f"{path} -> {out} ({header.width}x{header.height}, {header.bit_depth}-bit, quality {header.quality + 1})")
+    atomic_write_bytes(check_new_output(out, args.overwrite), buf.getvalue())
+    print(f"{args.input} -> {out} ({header.width}x{header.height}, {header.bit_depth}-bit, quality "
+          f"{header.quality + 1}{f', {len(header.tile_boxes())} tiles' if header.tile else ''})")
 
 
 def cmd_inspect(args: argparse.Namespace) -> None:
-    from fedcodec.allocation import bit_allocation, plot_allocation
-    from fedcodec.data import read_mask
-    from fedcodec.errors import BitstreamError
-    from fedcodec.model_io import check_new_output, load_codec, write_json
-
     if Path(args.output).suffix.lower() != ".png":
         raise _usage(f"the output of inspect is a PNG figure (OUTPUT.png), got {args.output}")
-    out = check_new_output(args.output, args.overwrite)
-    out_json = check_new_output(out.with_suffix(".json"), args.overwrite)
+    out, out_json = _check_outputs(args.output, Path(args.output).with_suffix(".json"), overwrite=args.overwrite)
     path = Path(args.input)
-    if not path.is_file():
-        raise BitstreamError(f"{path}: bitstream file not found")
-    alloc = bit_allocation(load_codec(args.model), path.read_bytes())
+    data = _read_bitstream(path)
+
+    from fedcodec.allocation import bit_allocation, plot_allocation
+    from fedcodec.data import read_mask
+    from fedcodec.model_io import check_new_output, load_codec, write_json
+
+    alloc = bit_allocation(load_codec(args.model), data)
     h = alloc.header
     mask = read_mask(args.mask, (h.height, h.width)) if args.mask else None
     report: dict[str, Any] = {"input": str(path), "model": args.model or "embedded default",
                               "mask": args.mask, **alloc.summary()}
     if mask is not None:
         report["region"] = alloc.region_share(mask)
-    plot_allocation(alloc, out, mask=mask, title=path.name)
+    plot_allocation(alloc, check_new_output(out, args.overwrite), mask=mask, title=path.name)
     write_json(out_json, report)
     print(f"{path}: {h.width}x{h.height}, quality {h.quality + 1}, {alloc.total_bytes} bytes ({report['bpp']:.4f} "
           f"bpp): latent {alloc.y_bytes} B, hyper-latent {alloc.z_bytes} B; policy gain "
@@ -408,28 +544,18 @@ def cmd_inspect(args: argparse.Namespace) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> None:
-    import torch
+    from fedcodec.export import merge_subset, read_subset
+    from fedcodec.model_io import load_codec, save_codec
 
-    from fedcodec.codec import ADAPTABLE_GROUPS, group_of
-    from fedcodec.errors import ModelFileError
-    from fedcodec.model_io import check_new_output, load_codec, save_codec
-
-    out = check_new_output(args.out, args.overwrite)
+    (out,) = _check_outputs(args.out, overwrite=args.overwrite)
     codec = load_codec(args.model)
-    try:
-        payload = torch.load(args.subset, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ModelFileError(f"{args.subset} is not a readable torch file ({type(exc).__name__}: {exc})") from exc
-    state = payload.get("state", payload) if isinstance(payload, dict) else None
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ModelFileError(f"{args.subset} holds no state dict of tensors")
-    groups = sorted({group_of(k) for k in state})
-    if "base" in groups or not groups:
-        raise ModelFileError(f"{args.subset}: expected only adaptable parameters ({ADAPTABLE_GROUPS}), got groups {groups}")
-    codec.load_group_state_dict(state, groups)
+    state, groups, info = read_subset(args.subset, codec)
+    merge_subset(codec, state, groups)
     save_codec(codec, out, meta={"export": {"base": args.model or "embedded default", "subset": str(args.subset),
-                                            "groups": groups}}, overwrite=True)
-    print(f"exported {out} (groups {', '.join(groups)}; model id {codec.identity_hash()[:12]})")
+                                            "groups": list(groups), "source": info}}, overwrite=args.overwrite)
+    where = f", round {info['round']}" if "round" in info else ""
+    print(f"exported {out} from the {info['kind']} {info['file']}{where} (groups {', '.join(groups)}; model id "
+          f"{codec.identity_hash()[:12]})")
 
 
 def cmd_info(args: argparse.Namespace) -> None:
@@ -491,23 +617,37 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=UserWarning, module="torch")
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:     # --help (0) or a bad command line (2, one line from _Parser.error)
+        return exc.code if isinstance(exc.code, int) else 2
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     from fedcodec.errors import FedcodecError
 
     try:
         COMMANDS[args.command](args)
-    except (FedcodecError, _UsageError) as exc:
-        print(f"fedcodec: error: {exc}", file=sys.stderr)
-        return 2
-    except (FileNotFoundError, IsADirectoryError, PermissionError) as exc:
-        print(f"fedcodec: error: {exc}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("fedcodec: interrupted", file=sys.stderr)
         return 130
+    except (FedcodecError, _UsageError) as exc:
+        return _fail(str(exc))
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError, FileExistsError, PermissionError) as exc:
+        return _fail(str(exc))
+    except MemoryError:
+        return _fail(f"{args.command}: out of memory (the input is too large for this machine)")
+    except Exception as exc:  # noqa: BLE001 - every failure is one line; FEDCODEC_DEBUG=1 shows the traceback
+        if os.environ.get("FEDCODEC_DEBUG"):
+            raise
+        if type(exc).__name__ == "DecompressionBombError":   # Pillow's pixel limit
+            return _fail(f"image is too large to read safely ({exc})")
+        return _fail(f"{args.command} failed: {type(exc).__name__}: {exc} (FEDCODEC_DEBUG=1 shows a traceback)")
     return 0
+
+
+def _fail(message: str) -> int:
+    print(f"fedcodec: error: {_one_line(message)}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

@@ -110,9 +110,17 @@ def load_codec(path: str | Path | None = None) -> SemanticCodec:
     try:
         codec = SemanticCodec(**payload["config"])
         codec.load_state_dict(payload["state_dict"])
-    except (TypeError, RuntimeError, KeyError) as exc:
-        raise ModelFileError(f"{path}: the weights do not fit the recorded codec configuration: {exc}") from exc
-    codec.update(force=True)
+    except (TypeError, RuntimeError, KeyError, ValueError) as exc:
+        first = " ".join(str(exc).split())[:300]   # torch lists every mismatching key on its own line
+        raise ModelFileError(f"{path}: the weights do not fit the recorded codec configuration: {first}") from exc
+    bad = [k for k, v in codec.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise ModelFileError(f"{path}: {len(bad)} tensor(s) hold NaN or infinite values (e.g. {bad[0]})")
+    try:
+        codec.update(force=True)
+    except Exception as exc:  # entropy tables from nonsense parameters
+        raise ModelFileError(f"{path}: cannot build the entropy coder's tables from these weights "
+                             f"({type(exc).__name__}: {' '.join(str(exc).split())[:200]})") from exc
     return codec.eval()
 
 
