@@ -206,7 +206,7 @@ def _ts_chest_cta(ref: Path) -> Volume:
     # HU: both crops were written through a float resampling, and differ from each other by at most 2 HU).
     moved_ct = np.asanyarray(resample_from_to(pulm_ct, ct, order=0, cval=-5000).dataobj).astype(np.int64)
     inside = moved_ct != -5000
-    if inside.sum() < 1000 or np.abs(moved_ct[inside] - hu[inside]).max() > 5:
+    if not inside.any() or np.abs(moved_ct[inside] - hu[inside]).max() > 5:
         raise DataError(f"{pulm_dir}: the pulmonary-artery crop is not a crop of the aorta report's CT")
     moved = np.asanyarray(resample_from_to(pulm, ct, order=0, cval=0).dataobj) != 0
     if moved.any():
