@@ -287,6 +287,8 @@ def strategy_spec(rc: Mapping[str, Any], num_nodes: int) -> StrategySpec:
         fedadam_beta_1=C.get(rc, "fedadam.beta-1"), fedadam_beta_2=C.get(rc, "fedadam.beta-2"),
         fedadam_tau=C.get(rc, "fedadam.tau"), trimmed_beta=C.get(rc, "trimmed-mean.beta"),
         krum_num_malicious=C.get(rc, "krum.num-malicious"), max_update_norm=C.get(rc, "max-update-norm") or None,
+        # No hospital can claim more examples than the configured shots (a reply's weight is capped there).
+        max_examples=max(1, C.get(rc, "shots")),
         central_dp=central, dp_noise_multiplier=C.get(rc, "central-dp.noise-multiplier"),
         dp_clipping_norm=C.get(rc, "central-dp.clipping-norm"), dp_delta=C.get(rc, "central-dp.delta"),
         dp_max_epsilon=C.get(rc, "central-dp.max-epsilon") or None, dp_population=num_nodes)

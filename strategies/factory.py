@@ -134,6 +134,8 @@ class StrategySpec:
     krum_num_malicious: int = 0
     max_update_norm: float | None = None
     min_valid_replies: int = 1
+    max_examples: int | None = None   # cap on a reply's num-examples (the configured shot count)
+    equal_weights: bool = False       # every accepted reply weighs 1 (always on with central DP)
     # client-level central DP (client-side fixed clipping + RDP accounting)
     central_dp: bool = False
     dp_noise_multiplier: float = 1.0
@@ -189,7 +191,8 @@ def build_strategy(spec: StrategySpec) -> ValidatedStrategy:
         # Clients clip their update to the clipping norm: anything larger did not clip and is rejected.
         bound = spec.dp_clipping_norm * (1 + 1e-4) + 1e-6
         max_norm = min(max_norm, bound) if max_norm else bound
-    return ValidatedStrategy(inner, max_update_norm=max_norm, min_valid_replies=spec.min_valid_replies)
+    return ValidatedStrategy(inner, max_update_norm=max_norm, min_valid_replies=spec.min_valid_replies,
+                             max_examples=spec.max_examples, equal_weights=spec.equal_weights or spec.central_dp)
 
 
 def central_dp_noise_scale(noise_multiplier: float, clipping_norm: float, hospitals_per_round: int,

@@ -10,11 +10,11 @@ def aggregate_train_metrics(records: list[RecordDict], weight_key: str) -> Metri
     weights = [float(next(iter(r.metric_records.values()))[weight_key]) for r in records]
     total = sum(weights) or 1.0
     out: dict[str, float] = {}
-    keys: list[str] = []
+    keys: dict[str, None] = {}     # ordered set: linear in the number of keys
     for r in records:
         for k in next(iter(r.metric_records.values())).keys():
-            if k != weight_key and k not in keys:
-                keys.append(k)
+            if k != weight_key:
+                keys.setdefault(k)
     for k in keys:
         values = [(float(next(iter(r.metric_records.values()))[k]), w) for r, w in zip(records, weights)
                   if k in next(iter(r.metric_records.values()))]
@@ -32,11 +32,11 @@ def aggregate_evaluate_metrics(records: list[RecordDict], weight_key: str) -> Me
     """Weighted mean (by held-out examples) of every scalar metric, plus the total number of examples."""
     weights = [float(next(iter(r.metric_records.values()))[weight_key]) for r in records]
     total = sum(weights) or 1.0
-    keys: list[str] = []
+    keys: dict[str, None] = {}
     for r in records:
         for k in next(iter(r.metric_records.values())).keys():
-            if k != weight_key and k not in keys:
-                keys.append(k)
+            if k != weight_key:
+                keys.setdefault(k)
     out = {}
     for k in keys:
         pairs = [(float(next(iter(r.metric_records.values()))[k]), w) for r, w in zip(records, weights)

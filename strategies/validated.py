@@ -23,12 +23,17 @@ from dataclasses import dataclass, field
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
-from flwr.serverapp.exception import AggregationError, InconsistentMessageReplies
 from flwr.serverapp.strategy import Strategy
 
 from fedcodec.errors import UpdateRejectedError
 from strategies.metrics import aggregate_train_metrics
-from strategies.validation import arrays_to_numpy, check_evaluate_reply, check_train_reply
+from strategies.validation import (
+    arrays_to_numpy,
+    check_evaluate_reply,
+    check_train_reply,
+    check_weight,
+    sanitize_reason,
+)
 
 log = logging.getLogger("flwr.fedcodec.strategies")
 
@@ -70,11 +75,21 @@ class ValidatedStrategy(Strategy):
             ``None`` or 0 = no bound.
         min_valid_replies: aggregate only when at least this many train replies pass validation.
         weight_key: the MetricRecord key used as aggregation weight.
+        max_examples: cap on a reply's weight (e.g. the configured shot count), so that no hospital can
+            claim more examples than a hospital can have; ``None`` = no cap (the weight is still validated
+            as a finite positive integer).
+        equal_weights: replace every weight by 1 (required by central DP; one hospital, one vote).
     """
 
+    _errors: list[Message] = []
+
     def __init__(self, strategy: Strategy, max_update_norm: float | None = None, min_valid_replies: int = 1,
-                 weight_key: str = "num-examples") -> None:
+                 weight_key: str = "num-examples", max_examples: int | None = None,
+                 equal_weights: bool = False) -> None:
         self.strategy = strategy
+        self.max_examples = int(max_examples) if max_examples and max_examples > 0 else None
+        self.equal_weights = bool(equal_weights)
+        self.sent_nodes: dict[int, set[int]] = {}
         self.max_update_norm = max_update_norm if max_update_norm and max_update_norm > 0 else None
         self.min_valid_replies = max(1, int(min_valid_replies))
         self.weight_key = weight_key
@@ -98,6 +113,7 @@ class ValidatedStrategy(Strategy):
                         grid: Grid) -> Iterable[Message]:
         self.reference = arrays_to_numpy(arrays)
         messages = list(self.strategy.configure_train(server_round, arrays, config, grid))
+        self.sent_nodes[server_round] = {int(m.metadata.dst_node_id) for m in messages}
         st = self.stats(server_round)
         st.train_messages = len(messages)
         st.sent_train = sum(record_bytes(m.content) for m in messages)
@@ -105,25 +121,81 @@ class ValidatedStrategy(Strategy):
             st.subset_bytes_per_client = int(sum(r.count_bytes() for r in messages[0].content.array_records.values()))
         return messages
 
-    def _filter_train(self, server_round: int, replies: list[Message]) -> list[Message]:
+    def _screen(self, server_round: int, replies: list[Message], kind: str) -> tuple[list[Message], list[Message]]:
+        """Split replies into (content replies, error replies); drop duplicates per node and replies from nodes
+        that were not asked this round (logged as rejections); sanitise error reasons."""
         st = self.stats(server_round)
-        keep = []
+        asked = self.sent_nodes.get(server_round) if kind == "train" else None
+        seen: set[int] = set()
+        content, errors = [], []
+        rejected = st.rejected if kind == "train" else st.evaluate_rejected
+        failed = st.failed if kind == "train" else st.evaluate_failed
         for msg in replies:
             node = int(msg.metadata.src_node_id)
-            if msg.has_error():
-                st.failed.append({"node": node, "reason": str(msg.error.reason)})
-                log.warning("round %d: node %d failed: %s", server_round, node, msg.error.reason)
+            if node in seen:
+                rejected.append({"node": node, "reason": "duplicate reply from this node in this round (dropped)"})
+                log.warning("round %d: dropped a duplicate %s reply of node %d", server_round, kind, node)
                 continue
+            seen.add(node)
+            if asked is not None and node not in asked:
+                rejected.append({"node": node, "reason": "reply from a node that was not sampled this round"})
+                log.warning("round %d: dropped a %s reply of node %d, which was not asked", server_round, kind, node)
+                continue
+            if msg.has_error():
+                reason = sanitize_reason(getattr(msg.error, "reason", ""))
+                failed.append({"node": node, "reason": reason})
+                log.warning("round %d: %s on node %d failed: %s", server_round, kind, node, reason)
+                errors.append(msg)
+                continue
+            content.append(msg)
+        return content, errors
+
+    def _set_weight(self, msg: Message) -> None:
+        """Validate the reply's weight, then cap it (or make it 1 with equal weights) in place."""
+        record = next(iter(msg.content.metric_records.values()))
+        value = check_weight(record[self.weight_key], self.weight_key, self.max_examples)
+        record[self.weight_key] = 1.0 if self.equal_weights else value
+
+    @staticmethod
+    def _consensus(server_round: int, msgs: list[Message], rejected: list[dict]) -> list[Message]:
+        """Keep the replies whose metric keys are those of most replies (Flower refuses to aggregate
+        MetricRecords with different keys, so one odd reply would otherwise sink the round)."""
+        if len(msgs) < 2:
+            return msgs
+        keysets = [frozenset(next(iter(m.content.metric_records.values())).keys()) for m in msgs]
+        counts: dict[frozenset, int] = {}
+        for k in keysets:
+            counts[k] = counts.get(k, 0) + 1
+        best = max(counts, key=lambda k: (counts[k], len(k)))
+        keep = []
+        for msg, keys in zip(msgs, keysets):
+            if keys == best:
+                keep.append(msg)
+            else:
+                node = int(msg.metadata.src_node_id)
+                diff = sorted(keys ^ best)[:3]
+                rejected.append({"node": node, "reason": f"metric keys differ from the other replies' ({diff})"})
+                log.warning("round %d: dropped the reply of node %d: metric keys differ %s", server_round, node, diff)
+        return keep
+
+    def _filter_train(self, server_round: int, replies: list[Message]) -> list[Message]:
+        st = self.stats(server_round)
+        content, self._errors = self._screen(server_round, replies, "train")
+        keep = []
+        for msg in content:
+            node = int(msg.metadata.src_node_id)
             st.received_train += record_bytes(msg.content)
             try:
                 if self.reference is None:
                     raise UpdateRejectedError("no subset was sent in this round")
                 check_train_reply(msg.content, self.reference, self.max_update_norm, self.weight_key)
+                self._set_weight(msg)
             except UpdateRejectedError as exc:
-                st.rejected.append({"node": node, "reason": str(exc)})
+                st.rejected.append({"node": node, "reason": sanitize_reason(exc)})
                 log.warning("round %d: dropped the update of node %d: %s", server_round, node, exc)
                 continue
             keep.append(msg)
+        keep = self._consensus(server_round, keep, st.rejected)
         st.accepted = len(keep)
         return keep
 
@@ -149,7 +221,7 @@ class ValidatedStrategy(Strategy):
         valid = self._filter_train(server_round, replies)
         # Error replies are forwarded (the DP wrapper must see them to refuse an incomplete round);
         # rejected ones are dropped.
-        forwarded = valid + [m for m in replies if m.has_error()]
+        forwarded = valid + list(self._errors)
         # Report metrics over every accepted client (Krum, for one, returns only its selected client's).
         metrics = aggregate_train_metrics([m.content for m in valid], self.weight_key) if valid else None
         if len(valid) < self.min_valid_replies:
@@ -160,8 +232,10 @@ class ValidatedStrategy(Strategy):
             return None, metrics
         try:
             arrays, _ = self.strategy.aggregate_train(server_round, forwarded)
-        except (AggregationError, InconsistentMessageReplies, UpdateRejectedError) as exc:
-            st.skipped_reason = f"aggregation failed ({type(exc).__name__}: {exc}); global subset unchanged"
+        except Exception as exc:  # noqa: BLE001 - whatever a reply provokes, the round goes on
+            st.skipped_reason = (f"aggregation failed ({type(exc).__name__}: {sanitize_reason(exc, 200)}); "
+                                 "global subset unchanged")
+            self._discard_round(server_round)
             log.warning("round %d: %s", server_round, st.skipped_reason)
             return None, metrics
         if arrays is None:
@@ -197,26 +271,26 @@ class ValidatedStrategy(Strategy):
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         st = self.stats(server_round)
+        content, _ = self._screen(server_round, list(replies), "evaluate")
         keep = []
-        for msg in replies:
+        for msg in content:
             node = int(msg.metadata.src_node_id)
-            if msg.has_error():
-                st.evaluate_failed.append({"node": node, "reason": str(msg.error.reason)})
-                log.warning("round %d: evaluation on node %d failed: %s", server_round, node, msg.error.reason)
-                continue
             st.received_evaluate += record_bytes(msg.content)
             try:
                 check_evaluate_reply(msg.content, self.weight_key)
+                self._set_weight(msg)
             except UpdateRejectedError as exc:
-                st.evaluate_rejected.append({"node": node, "reason": str(exc)})
+                st.evaluate_rejected.append({"node": node, "reason": sanitize_reason(exc)})
                 log.warning("round %d: dropped the evaluation of node %d: %s", server_round, node, exc)
                 continue
             keep.append(msg)
+        keep = self._consensus(server_round, keep, st.evaluate_rejected)
         st.evaluate_accepted = len(keep)
         if not keep:
             return None
         try:
             return self.strategy.aggregate_evaluate(server_round, keep)
-        except (AggregationError, InconsistentMessageReplies) as exc:
-            log.warning("round %d: evaluation aggregation failed: %s", server_round, exc)
+        except Exception as exc:  # noqa: BLE001 - an evaluation can never stop the run
+            log.warning("round %d: evaluation aggregation failed: %s: %s", server_round, type(exc).__name__,
+                        sanitize_reason(exc, 200))
             return None

@@ -12,6 +12,7 @@ These are plain functions over Flower records and numpy arrays, usable without a
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 
 import numpy as np
@@ -20,7 +21,56 @@ from flwr.app import ArrayRecord, MetricRecord, RecordDict
 from fedcodec.errors import UpdateRejectedError
 
 __all__ = ["arrays_to_numpy", "check_arrays", "check_metrics", "check_train_reply", "check_evaluate_reply",
-           "update_norm"]
+           "update_norm", "TRAIN_METRICS", "EVALUATE_METRICS", "check_metric_schema", "check_weight",
+           "sanitize_reason"]
+
+#: The metrics a train / evaluate reply may carry: (key pattern, lowest, highest). Anything else (an unknown
+#: key, a value out of range) drops the reply before Flower aggregates it, so one hospital can neither inject
+#: keys into the aggregate nor move a federated metric by a huge value.
+TRAIN_METRICS: tuple[tuple[str, float, float], ...] = (
+    ("num-examples", 0.0, math.inf), ("examples", 0.0, 1e6), ("loss", -1e6, 1e6), ("bpp", 0.0, 64.0),
+    ("task", 0.0, 1e6), ("dice", 0.0, 1.0), ("epsilon", 0.0, 1e9), ("seconds", 0.0, 1e7),
+)
+EVALUATE_METRICS: tuple[tuple[str, float, float], ...] = (
+    ("num-examples", 0.0, math.inf), ("bpp", 0.0, 64.0), ("dice", 0.0, 1.0), ("psnr", 0.0, 300.0),
+    ("dice-uncompressed", 0.0, 1.0), (r"bpp-q\d{1,3}", 0.0, 64.0), (r"dice-q\d{1,3}", 0.0, 1.0),
+)
+MAX_METRICS = 64
+_REASON_CHARS = re.compile(r"[^A-Za-z0-9 _.,:;()\[\]{}'\"=+\-/<>%#@!?*]")
+
+
+def sanitize_reason(text: object, limit: int = 300) -> str:
+    """A client's error reason as it may be stored and printed: one line of plain printable characters,
+    at most ``limit`` long (control characters, escape sequences and other bytes become ``?``)."""
+    one = " ".join(str(text).split())
+    one = _REASON_CHARS.sub("?", one)
+    return one if len(one) <= limit else one[:limit - 3] + "..."
+
+
+def check_weight(value: object, weight_key: str = "num-examples", max_examples: int | None = None) -> float:
+    """A reply's example count must be a finite positive integer; returns it capped at ``max_examples``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(float(value)):
+        raise UpdateRejectedError(f"weight {weight_key!r} must be a finite number, got {value!r}")
+    v = float(value)
+    if v < 1 or v != math.floor(v):
+        raise UpdateRejectedError(f"weight {weight_key!r} must be a positive integer, got {value!r}")
+    return min(v, float(max_examples)) if max_examples else v
+
+
+def check_metric_schema(record: MetricRecord, schema: tuple[tuple[str, float, float], ...]) -> None:
+    """Every key must match the schema and its value lie in the schema's range."""
+    if len(record) > MAX_METRICS:
+        raise UpdateRejectedError(f"{len(record)} metrics in the reply (at most {MAX_METRICS})")
+    for k, v in record.items():
+        if not isinstance(k, str) or len(k) > 40:
+            raise UpdateRejectedError(f"metric key {sanitize_reason(repr(k), 60)} is not an expected metric")
+        for pattern, lo, hi in schema:
+            if re.fullmatch(pattern, k):
+                if not lo <= float(v) <= hi:
+                    raise UpdateRejectedError(f"metric {k!r} = {float(v):.6g} is outside [{lo:g}, {hi:g}]")
+                break
+        else:
+            raise UpdateRejectedError(f"unexpected metric {sanitize_reason(repr(k), 60)}")
 
 
 def arrays_to_numpy(record: ArrayRecord) -> dict[str, np.ndarray]:
@@ -108,14 +158,22 @@ def _single_records(content: RecordDict, need_arrays: bool) -> tuple[ArrayRecord
 
 
 def check_train_reply(content: RecordDict, reference: Mapping[str, np.ndarray],
-                      max_update_norm: float | None = None, weight_key: str = "num-examples") -> dict[str, np.ndarray]:
+                      max_update_norm: float | None = None, weight_key: str = "num-examples",
+                      schema: tuple[tuple[str, float, float], ...] | None = TRAIN_METRICS) -> dict[str, np.ndarray]:
     """Validate a whole train reply; returns the decoded arrays. Raises :class:`UpdateRejectedError`."""
     arrays, metrics = _single_records(content, need_arrays=True)
     check_metrics(metrics, weight_key)
+    check_weight(metrics[weight_key], weight_key)
+    if schema is not None:
+        check_metric_schema(metrics, schema)
     return check_arrays(arrays, reference, max_update_norm)
 
 
-def check_evaluate_reply(content: RecordDict, weight_key: str = "num-examples") -> None:
-    """Validate an evaluate reply: exactly one MetricRecord of finite scalars."""
+def check_evaluate_reply(content: RecordDict, weight_key: str = "num-examples",
+                         schema: tuple[tuple[str, float, float], ...] | None = EVALUATE_METRICS) -> None:
+    """Validate an evaluate reply: exactly one MetricRecord of finite scalars in the schema."""
     _, metrics = _single_records(content, need_arrays=False)
     check_metrics(metrics, weight_key)
+    check_weight(metrics[weight_key], weight_key)
+    if schema is not None:
+        check_metric_schema(metrics, schema)
