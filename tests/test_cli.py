@@ -37,12 +37,18 @@ def bitstream(tmp_path, capsys, tiny_codec_path, phantom_dir):
     return out
 
 
-def test_encode_decode_round_trip(tmp_path, capsys, tiny_codec_path, bitstream):
+def test_encode_decode_round_trip(tmp_path, capsys, tiny_codec_path, bitstream, phantom_dir):
+    from conftest import assert_decoded_is_forward_output
+
+    from fedcodec.model_io import load_codec
+
     out = tmp_path / "a.png"
     code, stdout, err = run(capsys, "decode", "--model", tiny_codec_path, bitstream, out)
     assert code == 0, err
     img = np.asarray(Image.open(out))
-    assert img.shape == (128, 128) and img.dtype == np.uint8
+    original = np.asarray(Image.open(phantom_dir / "images" / "h1_0000.png"))
+    # the PNG holds the codec's own reconstruction at the encoded quality (--quality 2 = index 1)
+    assert_decoded_is_forward_output(load_codec(tiny_codec_path), original, img, quality=1)
 
 
 def test_output_exists_is_not_overwritten(tmp_path, capsys, tiny_codec_path, bitstream, phantom_dir):

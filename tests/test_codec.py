@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import make_tiny_codec
+from conftest import assert_decoded_is_forward_output, make_tiny_codec
 from fedcodec.bitstream import Header, pack, unpack
 from fedcodec.codec import SemanticCodec, group_of, pad_to_multiple
 from fedcodec.coding import decode_image, encode_image, model_id
@@ -49,18 +49,28 @@ def test_encode_decode_odd_size_and_16bit(codec):
     assert header.window == (1000.0, 5000.0) and header.bit_depth == 16
     assert enc.bpp == pytest.approx(8 * len(enc.data) / (100 * 150))
     assert dec.min() >= 1000 and dec.max() <= 5000
+    assert_decoded_is_forward_output(codec, img16, dec, 2, window=(1000.0, 5000.0))
 
 
-def test_policy_map_changes_the_bitstream(phantom):
+def test_policy_map_changes_the_bitstream_and_the_decoder_rebuilds_it(phantom):
     codec = make_tiny_codec(0)
+    x = torch.from_numpy(phantom.image.astype(np.float32) / 255)[None, None]
     before = encode_image(codec, phantom.image, 1).data
     with torch.no_grad():
+        gain_before = codec(x, 1)["gain"]
         codec.policy.out.bias.fill_(0.5)  # a uniform larger gain: finer quantisation
     codec.update(force=True)
     after = encode_image(codec, phantom.image, 1).data
     assert len(after) > len(before)
-    dec, _ = decode_image(codec, after)  # the decoder rebuilds the same map from z_hat
-    assert dec.shape == phantom.image.shape
+    # the decoder rebuilds the encoder's (new) gain map from z_hat alone: no side information
+    enc = codec.compress(x, 1)
+    decoder_gain = codec.decode_latents(enc["strings"], enc["shape"], 1)["gain"]
+    with torch.no_grad():
+        encoder_gain = codec(x, 1)["gain"]
+    assert torch.allclose(decoder_gain.to(encoder_gain.dtype), encoder_gain, rtol=1e-5, atol=1e-6)
+    assert (encoder_gain > gain_before * 1.1).all()   # and it is the changed map, not the old one
+    dec, _ = decode_image(codec, after)
+    assert_decoded_is_forward_output(codec, phantom.image, dec, 1)
 
 
 def test_groups_and_adaptable_fraction():

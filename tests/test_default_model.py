@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
+from conftest import assert_decoded_is_forward_output
 
 from fedcodec.coding import decode_image, encode_image
 from fedcodec.data import make_phantoms
 from fedcodec.evaluate import evaluate_codec, uncompressed_dice
-from fedcodec.model_io import DEFAULT_CODEC, DEFAULT_TASK, load_codec, load_task
+from fedcodec.model_io import DEFAULT_CODEC, DEFAULT_DIR, DEFAULT_TASK, load_codec, load_task, read_codec_file
 
 
 @pytest.fixture(scope="module")
@@ -17,8 +20,17 @@ def default():
     return load_codec(), load_task()
 
 
-def test_default_files_are_small():
-    assert DEFAULT_CODEC.stat().st_size + DEFAULT_TASK.stat().st_size < 10 * 2**20
+def test_default_files_are_small_and_hold_what_they_record(default):
+    assert DEFAULT_CODEC.stat().st_size + DEFAULT_TASK.stat().st_size < 10 * 2**20   # shipped in the package
+    codec, _ = default
+    meta = read_codec_file(DEFAULT_CODEC)["meta"]
+    # the id recorded when the file was written is the id computed now: otherwise every bitstream written with
+    # the default, and every federation made for its base, is refused as "made by another model"
+    assert (meta["model_id"], meta["base_id"]) == (codec.identity_hash(), codec.identity_hash(["base"])), (
+        "the embedded default's identity hash changed since it was saved (identity_hash follows the order of "
+        "named_parameters, i.e. the order in which SemanticCodec registers its modules)")
+    record = json.loads((DEFAULT_DIR / "pretrain.json").read_text())
+    assert record["parameter_counts"] == meta["parameter_counts"] == codec.parameter_counts()
 
 
 def test_default_is_a_semantic_rate_task_codec(default):
@@ -53,4 +65,5 @@ def test_default_round_trip_512(default):
     image = make_phantoms(1, seed=3, size=512, hospital=4)[0]
     enc = encode_image(codec, image.image, 3, image.window)
     dec, header = decode_image(codec, enc.data)
-    assert dec.shape == (512, 512) and dec.dtype == image.image.dtype and header.bit_depth == image.bit_depth
+    assert header.bit_depth == image.bit_depth and header.window == tuple(image.window)
+    assert_decoded_is_forward_output(codec, image.image, dec, 3, window=image.window)
