@@ -7,7 +7,8 @@
 - a fedcodec codec file (``fedcodec adapt`` output, a federation's ``adapted_codec.pt``): its adaptable groups;
 - a plain state dict of adaptable parameters, or ``{"state": state_dict}``.
 
-Everything is read with ``torch.load(weights_only=True)`` (no pickled code runs). A subset made for another
+Codec files are safetensors (or, before format version 2, torch files); everything else is read with
+``torch.load(weights_only=True)`` (no pickled code runs). A subset made for another
 base codec is refused with :class:`fedcodec.errors.ModelMismatchError` when the file records its base.
 """
 
@@ -21,6 +22,7 @@ import torch
 
 from fedcodec.codec import ADAPTABLE_GROUPS, SemanticCodec, group_of
 from fedcodec.errors import ModelFileError, ModelMismatchError
+from fedcodec.model_io import is_safetensors_file, read_codec_file
 
 #: The ``format`` tag of the server's round checkpoints (server.federation.CHECKPOINT_FORMAT).
 CHECKPOINT_FORMAT = "fedcodec-fl-checkpoint"
@@ -46,11 +48,14 @@ def read_subset(path: str | Path, base: SemanticCodec) -> tuple[dict[str, torch.
     for one recorded against another base codec than ``base``.
     """
     p = _resolve(path)
-    try:
-        payload: Any = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ModelFileError(f"{p} is not a readable torch file ({type(exc).__name__}: "
-                             f"{' '.join(str(exc).split())[:200]})") from exc
+    if is_safetensors_file(p):   # a codec file (format version 2), the only safetensors file fedcodec writes
+        payload: Any = read_codec_file(p)
+    else:
+        try:
+            payload = torch.load(p, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise ModelFileError(f"{p} is not a readable torch file ({type(exc).__name__}: "
+                                 f"{' '.join(str(exc).split())[:200]})") from exc
     base_hash = base.identity_hash(["base"])
     info: dict[str, Any] = {"file": str(p)}
     recorded_base = None

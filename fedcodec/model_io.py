@@ -1,9 +1,13 @@
 """Saving and loading codec files, task networks and the embedded default.
 
-A codec file is a ``torch.save`` dict read back with ``weights_only=True`` (no pickled code runs):
-``{"format": "fedcodec-codec", "format_version": 1, "config": {...}, "state_dict": {...}, "meta": {...}}``.
-The entropy-coder tables are rebuilt on load (``update(force=True)``), so a file is valid whatever the
-state of its CDF buffers.
+A codec file (the weights that travel between sites: a pretrained codec provisioned at every hospital, an
+adapted codec exported by ``fedcodec adapt`` or a federation) is a safetensors file: the state dict's tensors
+and a JSON header of strings ``format`` (``"fedcodec-codec"``), ``format_version`` (``"2"``), ``model_id``,
+``base_id`` (identity hashes), ``config`` (the architecture, JSON) and ``meta`` (JSON: how it was made). Reading
+it runs no code. Codec files of version 1, a ``torch.save`` dict ``{"format", "format_version": 1, "config",
+"state_dict", "meta"}`` read with ``weights_only=True`` (the embedded default among them), are still read;
+whatever the file name, the content decides. The entropy-coder tables are rebuilt on load
+(``update(force=True)``), so a file is valid whatever the state of its CDF buffers.
 
 The embedded default (``fedcodec/assets/default/``) holds ``codec.pt``, ``task.pt`` (TorchScript) and
 ``pretrain.json`` (the command, seed and metrics that produced them). It is used whenever ``--model`` or
@@ -26,7 +30,8 @@ from fedcodec.errors import ModelFileError, OutputExistsError
 from fedcodec.task_net import load_task_network, save_task_network
 
 CODEC_FORMAT = "fedcodec-codec"
-CODEC_FORMAT_VERSION = 1
+CODEC_FORMAT_VERSION = 2          # safetensors
+TORCH_CODEC_FORMAT_VERSION = 1    # the torch.save dict that earlier versions wrote (still read)
 DEFAULT_DIR = Path(__file__).parent / "assets" / "default"
 DEFAULT_CODEC = DEFAULT_DIR / "codec.pt"
 DEFAULT_TASK = DEFAULT_DIR / "task.pt"
@@ -57,20 +62,65 @@ def save_codec(codec: SemanticCodec, path: str | Path, meta: dict[str, Any] | No
                overwrite: bool = False) -> Path:
     """Save a codec (entropy tables updated first). Returns the path."""
     path = check_new_output(path, overwrite)
+    from safetensors.torch import save
+
     codec.update(force=True)
-    payload = {"format": CODEC_FORMAT, "format_version": CODEC_FORMAT_VERSION, "config": dict(codec.config),
-               "state_dict": {k: v.detach().cpu() for k, v in codec.state_dict().items()},
-               "meta": {**(meta or {}), "model_id": codec.identity_hash(), "base_id": codec.identity_hash(["base"]),
-                        "parameter_counts": codec.parameter_counts()}}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(fd)
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    model_id, base_id = codec.identity_hash(), codec.identity_hash(["base"])
+    meta = {**(meta or {}), "model_id": model_id, "base_id": base_id, "parameter_counts": codec.parameter_counts()}
+    header = {"format": CODEC_FORMAT, "format_version": str(CODEC_FORMAT_VERSION), "model_id": model_id,
+              "base_id": base_id, "config": json.dumps(dict(codec.config)), "meta": json.dumps(meta, default=_jsonable)}
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in codec.state_dict().items()}
+    atomic_write_bytes(path, save(tensors, metadata=header))
     return path
+
+
+def _jsonable(value: Any) -> Any:
+    """JSON for the plain values that a codec file's ``meta`` may hold besides JSON types."""
+    if hasattr(value, "item") and callable(value.item):   # numpy / torch scalars
+        return value.item()
+    if isinstance(value, (set, frozenset)):
+        return sorted(value)
+    return str(value)   # paths and the like
+
+
+def is_safetensors_file(path: str | Path) -> bool:
+    """Whether ``path`` starts like a safetensors file (an 8-byte header length, then a JSON object)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(9)
+            size = os.fstat(f.fileno()).st_size
+    except OSError:
+        return False
+    if len(head) < 9:
+        return False
+    n = int.from_bytes(head[:8], "little")
+    return 2 <= n <= size - 8 and head[8:9] == b"{"
+
+
+def _read_safetensors_codec(path: Path) -> dict:
+    from safetensors import SafetensorError, safe_open
+    from safetensors.torch import load_file
+
+    what = "codec file"
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            header = f.metadata() or {}
+        state = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ModelFileError(f"{path} is not a fedcodec {what} ({type(exc).__name__}: {exc})") from exc
+    if header.get("format") != CODEC_FORMAT:
+        raise ModelFileError(f"{path} is not a fedcodec {what} (no '{CODEC_FORMAT}' format tag)")
+    if header.get("format_version") != str(CODEC_FORMAT_VERSION):
+        raise ModelFileError(f"{path}: unsupported {what} version {header.get('format_version')} "
+                             f"(this fedcodec reads versions {TORCH_CODEC_FORMAT_VERSION} and {CODEC_FORMAT_VERSION})")
+    try:
+        config, meta = json.loads(header["config"]), json.loads(header.get("meta") or "{}")
+    except (KeyError, ValueError) as exc:
+        raise ModelFileError(f"{path}: the header's config or meta is not valid JSON ({exc})") from exc
+    if not isinstance(config, dict) or not isinstance(meta, dict):
+        raise ModelFileError(f"{path}: the header's config and meta must be JSON objects")
+    return {"format": CODEC_FORMAT, "format_version": CODEC_FORMAT_VERSION, "config": config,
+            "state_dict": state, "meta": meta}
 
 
 def read_tagged_file(path: str | Path, fmt: str, version: int, what: str) -> dict:
@@ -96,8 +146,12 @@ def read_tagged_file(path: str | Path, fmt: str, version: int, what: str) -> dic
 
 
 def read_codec_file(path: str | Path) -> dict:
-    """Read and validate a codec file's dict without building the model."""
-    return read_tagged_file(path, CODEC_FORMAT, CODEC_FORMAT_VERSION, "codec file")
+    """Read and validate a codec file without building the model: safetensors (version 2) or a torch file of
+    version 1. Returns ``{"format", "format_version", "config", "state_dict", "meta"}`` for both."""
+    path = Path(path)
+    if path.is_file() and is_safetensors_file(path):
+        return _read_safetensors_codec(path)
+    return read_tagged_file(path, CODEC_FORMAT, TORCH_CODEC_FORMAT_VERSION, "codec file")
 
 
 def load_codec(path: str | Path | None = None) -> SemanticCodec:

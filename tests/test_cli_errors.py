@@ -59,7 +59,9 @@ def files(tmp_path_factory, tiny_codec_path, other_codec_path, tiny_task_path, p
         nan_codec.g_s[-1].bias.fill_(float("nan"))
     f["nan_codec"] = d / "nan_codec.pt"
     save_codec_raw(nan_codec, f["nan_codec"])
-    neg = torch.load(tiny_codec_path, weights_only=True)
+    from fedcodec.model_io import read_codec_file
+
+    neg = {**read_codec_file(tiny_codec_path), "format_version": 1}   # as a version-1 torch codec file
     neg["config"]["gain_range"] = [-0.25, 2.0]
     f["neg_codec"] = d / "neg_codec.pt"
     torch.save(neg, f["neg_codec"])
