@@ -155,7 +155,10 @@ def adapt_config(run_config: Mapping[str, Any], num_qualities: int, groups: tupl
     return AdaptConfig(steps=C.get(run_config, "local-steps"), lr=C.get(run_config, "lr"), groups=groups,
                        lambda_d=C.get(run_config, "lambda-d"), lambda_t=C.get(run_config, "lambda-t"),
                        qualities=qualities, crop=C.get(run_config, "crop"), prox_mu=float(prox_mu),
-                       seed=C.get(run_config, "seed") + seed_offset, dp=dp)
+                       seed=C.get(run_config, "seed") + seed_offset, dp=dp,
+                       # One federated round is judged by aggregation and federated evaluation, not by the
+                       # site alone: a local fallback would only send the global subset back unchanged.
+                       select="none")
 
 
 def set_threads(run_config: Mapping[str, Any]) -> None:

@@ -16,11 +16,12 @@ Optional extras, both off by default:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -68,6 +69,11 @@ class AdaptConfig:
     seed: int = 0
     dp: DPConfig | None = None
     quality_weights: list[float] = field(default_factory=list)
+    # "holdout": never leave a site worse off than the pretrained codec (see adapt); "none": train blindly.
+    select: str = "holdout"
+    check_every: int = 10             # steps between held-out checks when selecting
+    min_gain: float = 0.005           # relative held-out loss improvement required to keep an adaptation
+    device: str = "cpu"               # where training runs ("auto", "cpu", "cuda")
 
 
 @dataclass
@@ -77,6 +83,7 @@ class AdaptResult:
     state: dict[str, torch.Tensor]
     metrics: dict[str, float]
     dp_history: list = field(default_factory=list)
+    reason: str = ""   # what adaptation chose and why (held-out selection)
 
 
 def samples_to_tensors(samples: Sequence[Sample], crop: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -115,10 +122,104 @@ def _frozen_fingerprint(codec: SemanticCodec, groups: Sequence[str]) -> str:
     return codec.identity_hash(frozen) if frozen else ""
 
 
+def spatial_holdout(images: torch.Tensor, masks: torch.Tensor, block: int = 64):
+    """Split every shot into two spatially disjoint halves: ``(train_images, train_masks, val_images, val_masks)``.
+
+    With one annotated image there is no second image to validate on, but its two halves are different
+    anatomy: adaptation trains on one and is judged on the other. Splits along the longer side at a multiple
+    of ``block``; returns None when the images are too small (``< 2 * block`` on both sides).
+    """
+    h, w = images.shape[-2:]
+    if w >= h and w >= 2 * block:
+        cut = w // 2 // block * block
+        return images[..., :cut], masks[..., :cut], images[..., cut:cut * 2], masks[..., cut:cut * 2]
+    if h >= 2 * block:
+        cut = h // 2 // block * block
+        return images[..., :cut, :], masks[..., :cut, :], images[..., cut:cut * 2, :], masks[..., cut:cut * 2, :]
+    return None
+
+
+@torch.no_grad()
+def heldout_loss(codec: SemanticCodec, task_net: torch.nn.Module, images: torch.Tensor, masks: torch.Tensor,
+                 config: AdaptConfig) -> float:
+    """The adaptation objective on held-out pixels, as decoding sees it: rounded latents, every trained
+    quality, mean over images and qualities (lower is better)."""
+    loss_fn = SemanticLoss(LossWeights(config.lambda_d, config.lambda_t, 0.0, list(config.quality_weights)),
+                           codec.num_qualities).to(images.device)
+    modes = {m: m.training for m in codec.modules()}  # restored exactly (the entropy models stay in eval)
+    codec.eval()
+    qualities = list(config.qualities) or list(range(codec.num_qualities))
+    total = 0.0
+    for q in qualities:
+        quality = torch.full((images.shape[0],), q, dtype=torch.long, device=images.device)
+        out = codec(images, quality, noisy=False)
+        total += float(loss_fn(out, images, masks, quality, task_net, codec)["loss"])
+    for m, mode in modes.items():
+        m.training = mode
+    return total / len(qualities)
+
+
 def adapt(codec: SemanticCodec, task_net: torch.nn.Module, samples: Sequence[Sample] | tuple[torch.Tensor, torch.Tensor],
           config: AdaptConfig, global_state: Mapping[str, torch.Tensor] | None = None,
           dp_history: list | None = None, progress: bool = False) -> AdaptResult:
-    """Train ``config.groups`` of ``codec`` in place on the samples.
+    """Adapt ``config.groups`` of ``codec`` in place on the samples, never leaving it worse than it started.
+
+    With ``config.select == "holdout"`` (the default, and only without DP: choosing on the data would spend
+    privacy that no accountant counts) adaptation first trains on one half of every shot while checking the
+    objective on the other half (:func:`spatial_holdout`) every ``check_every`` steps; it keeps the number of
+    steps with the lowest held-out loss if that beats the starting codec's by ``min_gain`` (relative), and
+    then trains that many steps on the whole shots. If no step count helps, the codec is left exactly as it
+    was. ``metrics`` say what was chosen and why (``selected_steps``, ``heldout_start``, ``heldout_best``,
+    ``kept`` = 1 adapted / 0 fallback).
+
+    Args: see :func:`train_subset`.
+    """
+    start = time.perf_counter()
+    images, masks = samples if isinstance(samples, tuple) else samples_to_tensors(samples, config.crop)
+    split = spatial_holdout(images, masks) if config.select == "holdout" and config.dp is None else None
+    if config.select not in ("holdout", "none"):
+        raise ValueError(f"unknown adaptation selection {config.select!r}; use 'holdout' or 'none'")
+    if split is None:
+        result = train_subset(codec, task_net, (images, masks), config, global_state, dp_history, progress)
+        result.metrics.update(selected_steps=float(config.steps), kept=1.0)
+        return result
+    tr_x, tr_m, va_x, va_m = split
+    initial = codec.group_state_dict(config.groups)
+    base = heldout_loss(codec, task_net, va_x, va_m, config)
+    checks: list[tuple[int, float]] = []
+
+    def monitor(step: int) -> None:
+        if step % config.check_every == 0 or step == config.steps:
+            checks.append((step, heldout_loss(codec, task_net, va_x, va_m, config)))
+
+    train_subset(codec, task_net, (tr_x, tr_m), config, global_state, None, False, monitor=monitor)
+    best_step, best = min(checks, key=lambda c: c[1]) if checks else (0, math.inf)
+    codec.load_group_state_dict(initial, config.groups)
+    keep = best < base * (1 - config.min_gain)
+    why = (f"held-out loss {base:.4f} -> {best:.4f} after {best_step} steps" if keep else
+           f"no step count beat the pretrained codec on held-out pixels ({base:.4f}; best {best:.4f} after "
+           f"{best_step} steps): keeping the pretrained subset")
+    if progress:
+        log.info("adapt selection: %s", why)
+    if keep:
+        final = dataclasses.replace(config, steps=best_step)
+        result = train_subset(codec, task_net, (images, masks), final, global_state, dp_history, progress)
+    else:
+        codec.update(force=True)
+        result = AdaptResult(codec.group_state_dict(config.groups),
+                             {"examples": float(len(images)), "steps": 0.0, "loss": math.nan, "bpp": math.nan,
+                              "task": math.nan, "epsilon": 0.0}, [])
+    result.metrics.update(selected_steps=float(best_step if keep else 0), kept=float(keep), heldout_start=base,
+                          heldout_best=best, seconds=time.perf_counter() - start)
+    result.reason = why
+    return result
+
+
+def train_subset(codec: SemanticCodec, task_net: torch.nn.Module,
+                 samples: Sequence[Sample] | tuple[torch.Tensor, torch.Tensor], config: AdaptConfig,
+                 global_state: Mapping[str, torch.Tensor] | None = None, dp_history: list | None = None,
+                 progress: bool = False, monitor: Callable[[int], None] | None = None) -> AdaptResult:
+    """Train ``config.groups`` of ``codec`` in place on the samples for ``config.steps`` steps.
 
     Args:
         codec: the codec to adapt (its other groups are frozen and verified unchanged).
@@ -128,6 +229,7 @@ def adapt(codec: SemanticCodec, task_net: torch.nn.Module, samples: Sequence[Sam
         config: the adaptation settings.
         global_state: the subset received from the server (FedProx anchor); defaults to the starting subset.
         dp_history: Opacus accountant history from earlier rounds, to compose epsilon across rounds.
+        monitor: called with the step number after every optimiser step (held-out checks).
     Returns:
         The adapted subset, metrics (``examples``, ``loss``, ``bpp``, ``task``, ``epsilon``, ``seconds``,
         ``steps``) and the updated accountant history.
@@ -185,6 +287,8 @@ def adapt(codec: SemanticCodec, task_net: torch.nn.Module, samples: Sequence[Sam
                     for k, p in named.items():
                         p.sub_(config.lr * config.prox_mu * (p - anchor[k]))
             step += 1
+            if monitor is not None:
+                monitor(step)
             if n:
                 history.append({k: float(losses[k].detach()) for k in ("loss", "bpp", "task")})
             if progress and (step % 20 == 0 or step == config.steps):

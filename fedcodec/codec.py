@@ -166,8 +166,8 @@ class SemanticCodec(CompressionModel):
             # The first architecture (files without "arch" in their config): symmetric transforms at full width.
             Nz, widths = N, (N, N, N)
             self.g_a = nn.Sequential(conv(1, N), GDN(N), conv(N, N), GDN(N), conv(N, N), GDN(N), conv(N, M))
-            self.h_a = nn.Sequential(conv(M, N, stride=1, kernel_size=3), nn.LeakyReLU(inplace=True),
-                                     conv(N, N), nn.LeakyReLU(inplace=True), conv(N, N))
+            h_a = nn.Sequential(conv(M, N, stride=1, kernel_size=3), nn.LeakyReLU(inplace=True),
+                                conv(N, N), nn.LeakyReLU(inplace=True), conv(N, N))
         else:
             # "lean": a light encoder (hospitals encode on modest CPUs) and a small hyper-latent (side
             # information must shrink with the rate); the capacity sits in the synthesis and hyper-synthesis.
@@ -179,9 +179,13 @@ class SemanticCodec(CompressionModel):
             # Space-to-depth front end: no convolution runs at full resolution.
             self.g_a = nn.Sequential(nn.PixelUnshuffle(4), conv(16, N, stride=1, kernel_size=3), GDN(N),
                                      conv(N, N), GDN(N), conv(N, M))
-            self.h_a = nn.Sequential(conv(M, N, stride=1, kernel_size=3), nn.LeakyReLU(inplace=True),
-                                     conv(N, N), nn.LeakyReLU(inplace=True), conv(N, Nz))
+            h_a = nn.Sequential(conv(M, N, stride=1, kernel_size=3), nn.LeakyReLU(inplace=True),
+                                conv(N, N), nn.LeakyReLU(inplace=True), conv(N, Nz))
         self.Nz = Nz
+        # Parameter order fixes identity hashes (model ids in bitstreams) and optimiser checkpoints: v1 keeps
+        # its first files' order (h_a after g_s), lean the order its training checkpoints were written with.
+        if arch != "v1":
+            self.h_a = h_a
         hyper = N if arch == "v1" else max(N, M)
         # Synthesis in stages so that adapters can sit between them.
         self.g_s = nn.ModuleList([
@@ -190,6 +194,8 @@ class SemanticCodec(CompressionModel):
             nn.Sequential(deconv(widths[1], widths[2]), GDN(widths[2], inverse=True)),
             deconv(widths[2], 1),
         ])
+        if arch == "v1":
+            self.h_a = h_a
         self.h_s = nn.Sequential(deconv(Nz, M if arch == "v1" else hyper), nn.LeakyReLU(inplace=True),
                                  deconv(M if arch == "v1" else hyper, M * 3 // 2), nn.LeakyReLU(inplace=True),
                                  conv(M * 3 // 2, M * 2, stride=1, kernel_size=3))
