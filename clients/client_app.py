@@ -11,6 +11,16 @@ history is kept in ``context.state`` so epsilon composes across rounds.
 ``evaluate``: score the site's held-out samples (bpp from real bitstreams, Dice of the frozen task network)
 with the received subset.
 
+Device: both handlers run on node config ``device`` (``auto`` | ``cpu`` | ``cuda``), else the run config's
+``device`` (default ``auto``: CUDA when the node sees a GPU, else the CPU), resolved by
+:func:`fedcodec.pretrain.resolve_device`; ``cuda`` on a node without a GPU is an error reply that says so. In a
+Ray simulation a virtual hospital sees a GPU only when it was given a share of one
+(``client-resources-num-gpus``).
+
+Simulation only (nodes with a ``partition-id`` and no ``data-dir``): ``sim.dropout`` fails a round,
+``sim.straggler`` replies ``sim.straggler-delay`` seconds late, and ``sim.attack`` corrupts the reply of the
+``sim.attack-partitions`` (see :func:`clients.site.corrupt`).
+
 Nothing else leaves the site: no pixels, masks, per-sample values, file names or paths (see
 tests/test_privacy.py).
 """
@@ -19,6 +29,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 import traceback
 import warnings
 from typing import Any
@@ -38,6 +49,7 @@ warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.jit")
 
 KEY_CLIPPING_NORM = "clipping_norm"   # flwr.supercore.differential_privacy.KEY_CLIPPING_NORM
 DP_STATE_KEY = "fedcodec-sample-dp"
+STALE_STATE_KEY = "fedcodec-sim-stale"   # simulation only: the first subset a "stale" attacker received
 ERROR_CODE = 2                        # flwr.common.constant.ErrorCode.CLIENT_APP_RAISED_EXCEPTION
 
 
@@ -93,7 +105,8 @@ def _prepare(msg: Message, context: Context) -> tuple:
     codec.load_group_state_dict(received, groups)   # UpdateRejectedError on a bad subset
     task_net = site.load_site_task(task_path or None)
     data = site.load_site_data(nc, rc)
-    return config, codec, task_net, data, groups, received
+    device = site.site_device(nc, rc)
+    return config, codec, task_net, data, groups, received, device
 
 
 def _dp_history(context: Context, config: ConfigRecord) -> list:
@@ -117,16 +130,28 @@ def train(msg: Message, context: Context) -> Message:
         server_round = int(_single(dict(msg.content.config_records), "ConfigRecord").get("server-round", 0))
         if site.sim_dropout(nc, rc, server_round):
             raise SimulatedDropout(f"simulated dropout in round {server_round}")
-        config, codec, task_net, data, groups, received = _prepare(msg, context)
+        config, codec, task_net, data, groups, received, device = _prepare(msg, context)
         history = _dp_history(context, config) if C.get(rc, "sample-dp.enabled") else None
         state, metrics, new_history = site.train_site(
             codec, task_net, data, rc, groups, received, prox_mu=float(config.get("proximal-mu", 0.0)),
-            dp_history=history, server_round=server_round, equal_weights=bool(config.get("equal-weights", False)))
+            dp_history=history, server_round=server_round, equal_weights=bool(config.get("equal-weights", False)),
+            device=device)
         if new_history:
             context.state[DP_STATE_KEY] = ConfigRecord({"history": json.dumps(new_history)})
         attack = site.sim_is_attacker(nc, rc)
         if attack:
-            state = site.corrupt(state, received, attack)
+            stale = None
+            if attack == "stale":
+                if STALE_STATE_KEY not in context.state:
+                    context.state[STALE_STATE_KEY] = ArrayRecord(
+                        {k: Array(v.detach().cpu().contiguous().numpy()) for k, v in received.items()})
+                kept = context.state[STALE_STATE_KEY]
+                stale = {k: torch.from_numpy(kept[k].numpy().copy()) for k in kept.keys()}
+            state = site.corrupt(state, received, attack, stale=stale, seed=server_round)
+        delay = site.sim_straggler_delay(nc, rc, server_round)
+        if delay > 0:
+            log.info("simulated straggler: replying %.1f s late in round %d", delay, server_round)
+            time.sleep(delay)
         reply_arrays = ArrayRecord({k: Array(state[k].detach().cpu().contiguous().numpy()) for k in received})
         content = RecordDict({"arrays": reply_arrays, "metrics": MetricRecord(metrics)})
         return Message(content=content, reply_to=msg)
@@ -138,8 +163,8 @@ def train(msg: Message, context: Context) -> Message:
 def evaluate(msg: Message, context: Context) -> Message:
     """bpp and Dice of this site's held-out samples with the received subset."""
     try:
-        _, codec, task_net, data, _, _ = _prepare(msg, context)
-        metrics = site.evaluate_site(codec, task_net, data, context.run_config)
+        _, codec, task_net, data, _, _, device = _prepare(msg, context)
+        metrics = site.evaluate_site(codec, task_net, data, context.run_config, device=device)
         return Message(content=RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
     except Exception as exc:
         return _error_reply(msg, context, exc)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import logging
 import threading
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +39,10 @@ log = logging.getLogger("flwr.fedcodec.clients")
 _LOCK = threading.Lock()
 _CODECS: dict[tuple, tuple[SemanticCodec, str]] = {}
 _TASKS: dict[tuple, torch.nn.Module] = {}
-_DATA: dict[tuple, "SiteData"] = {}
+_DATA: "OrderedDict[tuple, SiteData]" = OrderedDict()
+#: Site data kept per process (least recently used first out): a Ray worker serves many simulated hospitals
+#: (1,000 in ``scale-1000``), each of which generates its phantoms from its partition id when it is sampled.
+DATA_CACHE_SIZE = 8
 
 
 def _file_key(path: str | None) -> tuple:
@@ -101,7 +105,7 @@ class SiteData:
 
 def load_site_data(node_config: Mapping[str, Any], run_config: Mapping[str, Any]) -> SiteData:
     """Read the site's K shots and held-out samples (see the module docstring)."""
-    shots = C.get(run_config, "shots")
+    shots = sim_shots(node_config, run_config)
     n_eval = C.get(run_config, "eval-samples")
     if shots < 1:
         raise DataError(f"shots must be >= 1, got {shots}")
@@ -113,10 +117,11 @@ def load_site_data(node_config: Mapping[str, Any], run_config: Mapping[str, Any]
         if "partition-id" not in node_config:
             raise DataError("this SuperNode has no node config 'data-dir' (and is not a simulated node); start "
                             "it with --node-config \"data-dir='/path/to/annotated' model-path='/path/codec.pt'\"")
-        hospital = int(node_config["partition-id"]) + C.get(run_config, "sim.hospital-offset")
+        hospital = sim_hospital(node_config, run_config)
         key = ("sim", hospital, C.get(run_config, "seed"), C.get(run_config, "sim.phantom-size"), shots, n_eval)
     with _LOCK:
         if key in _DATA:
+            _DATA.move_to_end(key)
             return _DATA[key]
     if data_dir:
         samples = load_folder(Path(data_dir).expanduser())
@@ -134,7 +139,43 @@ def load_site_data(node_config: Mapping[str, Any], run_config: Mapping[str, Any]
         data = SiteData(samples[:shots], samples[shots:], f"phantom hospital {hospital}")
     with _LOCK:
         _DATA[key] = data
+        while len(_DATA) > DATA_CACHE_SIZE:
+            _DATA.popitem(last=False)
     return data
+
+
+def sim_hospital(node_config: Mapping[str, Any], run_config: Mapping[str, Any]) -> int:
+    """The phantom hospital a simulated node plays: ``sim.hospitals[p mod n]``, else ``p + sim.hospital-offset``."""
+    p = int(node_config["partition-id"])
+    ids = [int(x) for x in C.get(run_config, "sim.hospitals").split(",") if x.strip()]
+    return ids[p % len(ids)] if ids else p + C.get(run_config, "sim.hospital-offset")
+
+
+def sim_shots(node_config: Mapping[str, Any], run_config: Mapping[str, Any]) -> int:
+    """K of this site: ``shots``, or for a simulated node a draw from ``sim.shots`` seeded by its partition id."""
+    choices = [int(x) for x in C.get(run_config, "sim.shots").split(",") if x.strip()]
+    if not choices or "data-dir" in node_config or "partition-id" not in node_config:
+        return C.get(run_config, "shots")
+    rng = np.random.default_rng([C.get(run_config, "seed"), int(node_config["partition-id"]), 0x5407])
+    return int(rng.choice(choices))
+
+
+def site_device(node_config: Mapping[str, Any], run_config: Mapping[str, Any]) -> torch.device:
+    """Where this site trains and evaluates: node config ``device``, else the run config's (``auto``: CUDA when
+    the node sees a GPU, else the CPU). ``cuda`` on a node without a GPU is a :class:`DeviceError`."""
+    from fedcodec.pretrain import resolve_device
+
+    name = str(node_config.get("device", "") or "").strip() or C.get(run_config, "device").strip() or "auto"
+    try:
+        return resolve_device(name)
+    except DataError as exc:
+        raise DeviceError(str(exc)) from None
+
+
+class DeviceError(DataError):
+    """The configured device does not exist on this node (the message names no local file: safe to send)."""
+
+    safe_to_send = True
 
 
 def _dir_key(path: str) -> tuple:
@@ -146,7 +187,7 @@ def _dir_key(path: str) -> tuple:
 
 
 def adapt_config(run_config: Mapping[str, Any], num_qualities: int, groups: tuple[str, ...],
-                 prox_mu: float = 0.0, seed_offset: int = 0) -> AdaptConfig:
+                 prox_mu: float = 0.0, seed_offset: int = 0, device: str = "cpu") -> AdaptConfig:
     """The AdaptConfig of one local round (the same settings ``fedcodec adapt`` exposes)."""
     tq = C.get(run_config, "train-qualities")
     qualities = tuple(C.parse_qualities(tq, num_qualities, default="all")) if tq.strip() else ()
@@ -158,7 +199,7 @@ def adapt_config(run_config: Mapping[str, Any], num_qualities: int, groups: tupl
                        seed=C.get(run_config, "seed") + seed_offset, dp=dp,
                        # One federated round is judged by aggregation and federated evaluation, not by the
                        # site alone: a local fallback would only send the global subset back unchanged.
-                       select="none")
+                       select="none", device=str(device))
 
 
 def set_threads(run_config: Mapping[str, Any]) -> None:
@@ -180,14 +221,15 @@ def mean_points(points: list[dict], prefix: str = "") -> dict[str, float]:
 
 def train_site(codec: SemanticCodec, task_net: torch.nn.Module, data: SiteData, run_config: Mapping[str, Any],
                groups: tuple[str, ...], global_state: Mapping[str, torch.Tensor], prox_mu: float = 0.0,
-               dp_history: list | None = None, server_round: int = 0,
-               equal_weights: bool = False) -> tuple[dict[str, torch.Tensor], dict[str, float], list]:
+               dp_history: list | None = None, server_round: int = 0, equal_weights: bool = False,
+               device: str | torch.device = "cpu") -> tuple[dict[str, torch.Tensor], dict[str, float], list]:
     """Adapt ``groups`` of ``codec`` (already holding ``global_state``) on the site's K shots.
 
     Returns the trained subset, scalar metrics (``num-examples``, ``examples``, ``loss``, ``bpp``, ``task``,
     ``dice``, ``epsilon``, ``seconds``) and the Opacus accountant history (empty without sample-level DP).
     """
-    cfg = adapt_config(run_config, codec.num_qualities, groups, prox_mu, seed_offset=1000 * server_round)
+    cfg = adapt_config(run_config, codec.num_qualities, groups, prox_mu, seed_offset=1000 * server_round,
+                       device=str(device))
     result = adapt(codec, task_net, data.train, cfg, global_state=dict(global_state), dp_history=dp_history)
     m = result.metrics
     metrics = {"num-examples": 1.0 if equal_weights else float(m["examples"]), "examples": float(m["examples"]),
@@ -203,15 +245,26 @@ def train_site(codec: SemanticCodec, task_net: torch.nn.Module, data: SiteData, 
 
 
 def evaluate_site(codec: SemanticCodec, task_net: torch.nn.Module, data: SiteData,
-                  run_config: Mapping[str, Any]) -> dict[str, float]:
-    """bpp (real bytes) and Dice of the site's held-out samples at the evaluation qualities."""
+                  run_config: Mapping[str, Any], device: str | torch.device = "cpu") -> dict[str, float]:
+    """bpp (real bytes) and Dice of the site's held-out samples at the evaluation qualities (on ``device`` when
+    :func:`fedcodec.evaluate.evaluate_codec` takes one; rANS coding always runs on the host)."""
     if not data.held_out:
         raise DataError("this site has no held-out samples to evaluate (eval-samples = 0 or too few images)")
     qs = C.parse_qualities(C.get(run_config, "eval-qualities"), codec.num_qualities)
-    points = evaluate_codec(codec, task_net, data.held_out, qualities=qs)
+    extra = {"device": str(device)} if _takes_device(evaluate_codec) else {}
+    points = evaluate_codec(codec, task_net, data.held_out, qualities=qs, **extra)
     out = {"num-examples": float(len(data.held_out)), **mean_points(points)}
     out["dice-uncompressed"] = float(uncompressed_dice(task_net, data.held_out))
     return out
+
+
+def _takes_device(fn: Any) -> bool:
+    import inspect
+
+    try:
+        return "device" in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 #: Errors whose messages fedcodec composes from hashes, parameter names and settings only: safe to send.
@@ -247,8 +300,14 @@ def sim_is_attacker(node_config: Mapping[str, Any], run_config: Mapping[str, Any
     return attack if int(node_config["partition-id"]) in C.parse_ids(C.get(run_config, "sim.attack-partitions")) else ""
 
 
-def corrupt(state: dict[str, torch.Tensor], reference: Mapping[str, torch.Tensor], attack: str) -> dict:
-    """A corrupted update for the robustness scenarios: NaN, a huge scaled update, or a wrong shape."""
+ATTACKS = ("nan", "scale", "shape", "sign-flip", "random", "stale")
+
+
+def corrupt(state: dict[str, torch.Tensor], reference: Mapping[str, torch.Tensor], attack: str,
+            stale: Mapping[str, torch.Tensor] | None = None, seed: int = 0) -> dict:
+    """A corrupted update for the robustness scenarios: NaN, a huge scaled update, a wrong shape, the update
+    sign-flipped (and scaled by 10), random noise of 10x the update's norm, or a stale subset (``stale``, the
+    first global subset this hospital received, sent back instead of its update)."""
     out = {k: v.clone() for k, v in state.items()}
     first = next(iter(out))
     if attack == "nan":
@@ -257,8 +316,18 @@ def corrupt(state: dict[str, torch.Tensor], reference: Mapping[str, torch.Tensor
         out = {k: reference[k] + 1e4 * (v - reference[k]) + 1.0 for k, v in out.items()}
     elif attack == "shape":
         out[first] = out[first].reshape(-1)[:-1].clone()
+    elif attack == "sign-flip":
+        out = {k: reference[k] - 10.0 * (v - reference[k]) for k, v in out.items()}
+    elif attack == "random":
+        gen = torch.Generator().manual_seed(seed)
+        norm = float(torch.sqrt(sum(((v - reference[k]).double() ** 2).sum() for k, v in out.items())))
+        noise = {k: torch.randn(v.shape, generator=gen, dtype=torch.float64) for k, v in out.items()}
+        scale = 10.0 * max(norm, 1e-3) / float(torch.sqrt(sum((n ** 2).sum() for n in noise.values())))
+        out = {k: (reference[k].double() + scale * noise[k]).to(v.dtype) for k, v in out.items()}
+    elif attack == "stale":
+        out = {k: (stale[k] if stale is not None else reference[k]).clone() for k in out}
     else:
-        raise ValueError(f"unknown sim.attack {attack!r} (nan, scale or shape)")
+        raise ValueError(f"unknown sim.attack {attack!r} ({', '.join(ATTACKS)})")
     return out
 
 
@@ -269,3 +338,12 @@ def sim_dropout(node_config: Mapping[str, Any], run_config: Mapping[str, Any], s
         return False
     rng = np.random.default_rng([C.get(run_config, "seed"), server_round, int(node_config["partition-id"]), 7])
     return bool(rng.random() < p)
+
+
+def sim_straggler_delay(node_config: Mapping[str, Any], run_config: Mapping[str, Any], server_round: int) -> float:
+    """Seconds this simulated hospital waits before replying in this round (0 unless it straggles)."""
+    p = C.get(run_config, "sim.straggler")
+    if p <= 0 or "data-dir" in node_config or "partition-id" not in node_config:
+        return 0.0
+    rng = np.random.default_rng([C.get(run_config, "seed"), server_round, int(node_config["partition-id"]), 11])
+    return C.get(run_config, "sim.straggler-delay") if rng.random() < p else 0.0

@@ -89,12 +89,23 @@ def resolve_out_dir(value: str, run_id: int) -> Path:
     return p.resolve()
 
 
-def wait_for_hospitals(grid: Grid, needed: int, timeout: float) -> list[int]:
-    """Wait until ``needed`` hospitals are connected; fail with a hint after ``timeout`` seconds."""
+def wait_for_hospitals(grid: Grid, needed: int, timeout: float, settle: float = 0.5) -> list[int]:
+    """Wait until ``needed`` hospitals are connected; fail with a hint after ``timeout`` seconds.
+
+    Once enough are there, wait until the count has not grown for ``settle`` seconds (at most 10 s more), so
+    that per-round sample sizes are computed from every hospital that is connecting (a simulation registers its
+    SuperNodes while the ServerApp starts; with 1,000 of them round 1 would otherwise sample from a few).
+    """
     deadline = time.monotonic() + timeout
     while True:
         nodes = list(grid.get_node_ids())
         if len(nodes) >= needed:
+            stable_since, settle_end = time.monotonic(), time.monotonic() + 10.0
+            while settle > 0 and time.monotonic() - stable_since < settle and time.monotonic() < settle_end:
+                time.sleep(min(0.25, settle))
+                now = list(grid.get_node_ids())
+                if len(now) != len(nodes):
+                    nodes, stable_since = now, time.monotonic()
             return nodes
         if time.monotonic() > deadline:
             raise FedcodecError(
@@ -129,13 +140,22 @@ def save_checkpoint(path: Path, server_round: int, subset: Mapping[str, torch.Te
 
 
 def find_checkpoint(path: str | Path) -> Path:
-    """A checkpoint file, or the latest checkpoint of a run's output directory."""
+    """A checkpoint file, or the newest checkpoint of a run's output directory.
+
+    In a directory the highest-numbered ``round-NNNN.pt`` wins over ``latest.pt``: a server killed between
+    writing a round's checkpoint and replacing ``latest.pt`` leaves ``latest.pt`` a round behind (or absent
+    after round 1), while every ``round-NNNN.pt`` is complete (written to a temporary file, then renamed).
+    """
     p = Path(path).expanduser()
     if p.is_dir():
-        for cand in (p / "checkpoints" / "latest.pt", p / "latest.pt"):
-            if cand.is_file():
-                return cand.resolve()
-        raise ModelFileError(f"{p}: no checkpoints/latest.pt in this run directory")
+        for folder in (p / "checkpoints", p):
+            rounds = [(int(f.stem[6:]), f) for f in folder.glob("round-*.pt")
+                      if f.stem[6:].isdigit() and f.is_file()]
+            if rounds:
+                return max(rounds)[1].resolve()
+            if (folder / "latest.pt").is_file():
+                return (folder / "latest.pt").resolve()
+        raise ModelFileError(f"{p}: no checkpoints/round-NNNN.pt or checkpoints/latest.pt in this run directory")
     if not p.is_file():
         raise ModelFileError(f"checkpoint not found: {p}")
     return p.resolve()
@@ -294,6 +314,25 @@ def strategy_spec(rc: Mapping[str, Any], num_nodes: int) -> StrategySpec:
         dp_max_epsilon=C.get(rc, "central-dp.max-epsilon") or None, dp_population=num_nodes)
 
 
+def keep_dp_population(spec: StrategySpec, ckpt: Mapping[str, Any]) -> None:
+    """On resume with central DP, keep the population the accountant was built with.
+
+    The accountant's ledger loads only into an accountant of the same privacy configuration, whose population
+    is the number of hospitals connected when the run first started; after a restart another number may be
+    connected. Keep that population, and sample at most that many hospitals per round (NO_AMPLIFICATION
+    accounting does not depend on the population, but an event may not sample more than it).
+    """
+    state = (ckpt.get("strategy") or {}).get("accountant")
+    if not spec.central_dp or not state:
+        return   # load_strategy_state says what is missing
+    population = int(json.loads(state)["config"]["population_size"])
+    spec.dp_population = population
+    if spec.fixed_train_size and spec.fixed_train_size > population:
+        log.warning("central DP resume: %d hospitals would be sampled per round, but the accountant was built for "
+                    "a federation of %d; sampling %d", spec.fixed_train_size, population, population)
+        spec.fixed_train_size = population
+
+
 def run_federation(grid: Grid, run_config: Mapping[str, Any] | None = None, run_id: int = 0) -> dict:
     """Run the whole federated adaptation on ``grid``; returns the summary that is written to metrics.json."""
     rc = dict(run_config or {})
@@ -333,6 +372,8 @@ def run_federation(grid: Grid, run_config: Mapping[str, Any] | None = None, run_
     say(f"fedcodec federation: output directory {out_dir}")
     nodes = wait_for_hospitals(grid, C.get(rc, "min-available-hospitals"), C.get(rc, "wait-for-hospitals"))
     spec = strategy_spec(rc, len(nodes))
+    if ckpt:
+        keep_dp_population(spec, ckpt)
     strategy = build_strategy(spec)
     if ckpt and ckpt.get("strategy"):
         load_strategy_state(strategy, ckpt["strategy"])

@@ -15,16 +15,28 @@ CSV_COLUMNS = ["round", "hospitals", "rejected", "failed", "train_loss", "train_
                "bytes_sent", "bytes_received", "epsilon_central", "epsilon_sample", "seconds"]
 
 
-def write_report(out_dir: str | Path, scenario: Mapping[str, Any], status: Mapping[str, Any]) -> dict[str, Path]:
-    """Summarise ``out_dir/metrics.json`` of a run into report files in ``out_dir``; returns their paths."""
+def write_report(out_dir: str | Path, scenario: Mapping[str, Any], status: Mapping[str, Any],
+                 measures: Mapping[str, Any] | None = None) -> dict[str, Path]:
+    """Summarise ``out_dir/metrics.json`` of a run into report files in ``out_dir``; returns their paths.
+
+    ``report.json`` is written even when the run failed before writing metrics: it then holds the status, the
+    wall time and the memory measures, and no rounds.
+    """
     out = Path(out_dir)
-    metrics = json.loads((out / "metrics.json").read_text())
+    metrics_path = out / "metrics.json"
+    metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {"run": {}, "rounds": []}
     rows = metrics["rounds"]
-    report = {"scenario": dict(scenario), "status": dict(status), "summary": metrics.get("summary", {}),
+    m = dict(measures or {})
+    report = {"status": status.get("status", "unknown"), "wall_s": m.get("wall_s"),
+              "peak_rss_mb": m.get("peak_rss_mb"), "peak_pss_mb": m.get("peak_pss_mb"), "measures": m,
+              "scenario": dict(scenario), "flower": dict(status), "summary": metrics.get("summary", {}),
               "run": {k: v for k, v in metrics["run"].items() if k != "run_config"},
               "rounds": [{k: r.get(k) for k in CSV_COLUMNS} for r in rows]}
-    paths = {"json": out / "report.json", "csv": out / "report.csv", "png": out / "report.png"}
+    paths = {"json": out / "report.json"}
     write_json(paths["json"], report)
+    if not rows:
+        return paths
+    paths.update({"csv": out / "report.csv", "png": out / "report.png"})
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(CSV_COLUMNS)

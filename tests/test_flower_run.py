@@ -1,4 +1,5 @@
-"""One real ``flwr run`` of the app (managed local SuperLink, Ray simulation runtime) with tiny models.
+"""One real, bare ``flwr run .`` of the app (managed local SuperLink, Ray simulation runtime, Flower's default
+federation of 2 simulated SuperNodes) with tiny models.
 
 About 50 s on an idle 2-core machine (not marked slow). The exit code of ``flwr run --stream`` is 0 even when
 the run fails, so success is read from
@@ -22,11 +23,12 @@ def test_flwr_run_simulation(tiny_assets, tmp_path):  # noqa: F811
     out = tmp_path / "out"
     port, control_port = free_ports(2)
     env = flwr_env(home, FLWR_LOCAL_SUPERLINK_HTTP_API_PORT=str(port), FLWR_LOCAL_CONTROL_API_PORT=str(control_port))
+    # Flower's default federation (2 simulated SuperNodes since flwr 1.32, 2 CPUs each) and the app's default
+    # hospital counts: a bare `flwr run .` must complete. Only the models and sizes are made tiny here.
     run_config = (f"model-path='{tiny_assets['codec']}' task-path='{tiny_assets['task']}' out-dir='{out}' "
                   "num-server-rounds=2 local-steps=2 crop=64 sim.phantom-size=64 eval-samples=1 "
-                  "eval-qualities='1,4' min-available-hospitals=2 min-train-hospitals=2 min-evaluate-hospitals=2")
-    cmd = ["flwr", "run", ".", "--run-config", run_config,
-           "--federation-config", "num-supernodes=2 client-resources-num-cpus=1", "--stream"]
+                  "eval-qualities='1,4'")
+    cmd = ["flwr", "run", ".", "--run-config", run_config, "--stream"]
     t0 = time.monotonic()
     superlink = None
     try:
