@@ -49,6 +49,7 @@ warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.jit")
 
 KEY_CLIPPING_NORM = "clipping_norm"   # flwr.supercore.differential_privacy.KEY_CLIPPING_NORM
 DP_STATE_KEY = "fedcodec-sample-dp"
+DP_ACCOUNTANT = "rdp"                 # fedcodec.adapt.DPConfig.accountant (the mechanism of its state_dict)
 STALE_STATE_KEY = "fedcodec-sim-stale"   # simulation only: the first subset a "stale" attacker received
 ERROR_CODE = 2                        # flwr.common.constant.ErrorCode.CLIENT_APP_RAISED_EXCEPTION
 
@@ -109,16 +110,23 @@ def _prepare(msg: Message, context: Context) -> tuple:
     return config, codec, task_net, data, groups, received, device
 
 
-def _dp_history(context: Context, config: ConfigRecord) -> list:
-    """The Opacus accountant history of earlier rounds of this run (or a conservative seed on resume)."""
+def _dp_history(context: Context, config: ConfigRecord) -> dict | list:
+    """This node's Opacus accountant state of earlier rounds of this run (its ``state_dict``: ``history`` and
+    ``mechanism``), or a conservative seed on resume; :func:`fedcodec.adapt.adapt` loads it with the
+    accountant's ``load_state_dict``."""
     if DP_STATE_KEY in context.state:
-        return json.loads(str(context.state[DP_STATE_KEY]["history"]))
+        record = context.state[DP_STATE_KEY]
+        state = {"history": json.loads(str(record["history"]))}
+        if "mechanism" in record:
+            state["mechanism"] = str(record["mechanism"])
+        return state
     prior = int(config.get("sample-dp.prior-rounds", 0))
     if prior > 0:
-        # Resumed run: this node's state is new. Assume it took part in every earlier round (full-batch
-        # steps: sample rate 1), which over-estimates epsilon rather than under-reporting it.
+        # Resumed run: this node's state is new. Assume it took part in every earlier round (at the configured
+        # sample rate), which over-estimates epsilon rather than under-reporting it.
         rc = context.run_config
-        return [[C.get(rc, "sample-dp.noise-multiplier"), 1.0, C.get(rc, "local-steps")] for _ in range(prior)]
+        return [[C.get(rc, "sample-dp.noise-multiplier"), C.get(rc, "sample-dp.sample-rate"),
+                 C.get(rc, "local-steps")] for _ in range(prior)]
     return []
 
 
@@ -137,7 +145,8 @@ def train(msg: Message, context: Context) -> Message:
             dp_history=history, server_round=server_round, equal_weights=bool(config.get("equal-weights", False)),
             device=device)
         if new_history:
-            context.state[DP_STATE_KEY] = ConfigRecord({"history": json.dumps(new_history)})
+            context.state[DP_STATE_KEY] = ConfigRecord({"history": json.dumps(new_history),
+                                                        "mechanism": DP_ACCOUNTANT})
         attack = site.sim_is_attacker(nc, rc)
         if attack:
             stale = None

@@ -170,6 +170,8 @@ def site_device(node_config: Mapping[str, Any], run_config: Mapping[str, Any]) -
         return resolve_device(name)
     except DataError as exc:
         raise DeviceError(str(exc)) from None
+    except RuntimeError:   # torch's own message for a string that is not a device at all
+        raise DeviceError(f"unknown device {name!r}; use auto, cpu or cuda") from None
 
 
 class DeviceError(DataError):
@@ -192,7 +194,8 @@ def adapt_config(run_config: Mapping[str, Any], num_qualities: int, groups: tupl
     tq = C.get(run_config, "train-qualities")
     qualities = tuple(C.parse_qualities(tq, num_qualities, default="all")) if tq.strip() else ()
     dp = dp_config(C.get(run_config, "sample-dp.enabled"), C.get(run_config, "sample-dp.noise-multiplier"),
-                   C.get(run_config, "sample-dp.max-grad-norm"), C.get(run_config, "sample-dp.delta"))
+                   C.get(run_config, "sample-dp.max-grad-norm"), C.get(run_config, "sample-dp.delta"),
+                   C.get(run_config, "sample-dp.sample-rate"))
     return AdaptConfig(steps=C.get(run_config, "local-steps"), lr=C.get(run_config, "lr"), groups=groups,
                        lambda_d=C.get(run_config, "lambda-d"), lambda_t=C.get(run_config, "lambda-t"),
                        qualities=qualities, crop=C.get(run_config, "crop"), prox_mu=float(prox_mu),

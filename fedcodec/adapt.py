@@ -9,9 +9,10 @@ Optional extras, both off by default:
 - FedProx: after every optimiser step the subset is pulled towards the global subset,
   ``w <- w - lr * mu * (w - w_global)`` (the proximal term's gradient step; applied outside the loss so that
   it also works under DP-SGD without touching per-sample gradients);
-- sample-level DP-SGD with Opacus: full-batch Poisson sampling (q = 1 with few shots), per-sample clipping
-  and Gaussian noise; the accountant's history is returned so that a caller can compose epsilon across
-  rounds.
+- sample-level DP-SGD with Opacus: Poisson sampling at ``DPConfig.sample_rate`` (1 = every shot in every
+  step; 1/m < 1 amplifies privacy by sampling, and an empty batch still adds noise and counts), per-sample
+  clipping and Gaussian noise; the accountant's history is returned, and loaded back with the accountant's
+  ``load_state_dict``, so that a caller can compose epsilon across rounds.
 """
 
 from __future__ import annotations
@@ -44,13 +45,35 @@ class DPConfig:
     max_grad_norm: float = 1.0
     delta: float = 1e-5
     accountant: str = "rdp"
+    # Poisson sampling rate per step: each shot joins a step's batch with this probability. 1.0 = every shot in
+    # every step (no amplification); below 1 it must be 1/m (0.5, 0.25, ...): Opacus derives it from m batches.
+    sample_rate: float = 1.0
 
 
 def dp_config(enabled: bool, noise_multiplier: float = DPConfig.noise_multiplier,
-              max_grad_norm: float = DPConfig.max_grad_norm, delta: float = DPConfig.delta) -> DPConfig | None:
+              max_grad_norm: float = DPConfig.max_grad_norm, delta: float = DPConfig.delta,
+              sample_rate: float = DPConfig.sample_rate) -> DPConfig | None:
     """The one mapping from DP settings (``fedcodec adapt --dp-*``, the run config's ``sample-dp.*``) to the
     :class:`DPConfig` that :func:`adapt` takes: ``None`` when DP is off; unset values keep DPConfig's."""
-    return DPConfig(noise_multiplier, max_grad_norm, delta) if enabled else None
+    return DPConfig(noise_multiplier, max_grad_norm, delta, sample_rate=sample_rate) if enabled else None
+
+
+def _poisson_batches(sample_rate: float) -> int:
+    """``m`` for a sample rate ``1/m`` (Opacus's DPDataLoader samples at ``1 / len(data_loader)``)."""
+    if not 0.0 < sample_rate <= 1.0:
+        raise DataError(f"DP sample rate must lie in (0, 1], got {sample_rate}")
+    m = max(1, round(1.0 / sample_rate))
+    if abs(1.0 / m - sample_rate) > 1e-9:
+        raise DataError(f"DP sample rate must be 1/m (1, 0.5, 0.25, 0.2, ...), got {sample_rate}")
+    return m
+
+
+def _accountant_state(dp_history: list | Mapping, mechanism: str) -> dict:
+    """An Opacus accountant ``state_dict``: given as one, or built from an earlier ``history`` list."""
+    if isinstance(dp_history, Mapping):
+        return {"history": [tuple(h) for h in dp_history["history"]],
+                "mechanism": dp_history.get("mechanism", mechanism)}
+    return {"history": [tuple(h) for h in dp_history], "mechanism": mechanism}
 
 
 @dataclass
@@ -250,6 +273,10 @@ def train_subset(codec: SemanticCodec, task_net: torch.nn.Module,
     optimizer = torch.optim.Adam(params, lr=config.lr)
     model: torch.nn.Module = codec
     loader = DataLoader(TensorDataset(images, masks), batch_size=len(images), shuffle=False)
+    poisson_m = _poisson_batches(config.dp.sample_rate) if config.dp is not None else 1
+    if poisson_m > 1:
+        # m batches per pass, so that Opacus's Poisson sampler includes each shot with probability 1/m per step.
+        loader = DataLoader(TensorDataset(images, masks), batch_sampler=[list(range(len(images)))] * poisson_m)
     engine = None
     codec.train()  # Opacus validates the module in training mode
     if config.dp is not None:
@@ -257,13 +284,17 @@ def train_subset(codec: SemanticCodec, task_net: torch.nn.Module,
 
         engine = PrivacyEngine(accountant=config.dp.accountant)
         if dp_history:
-            engine.accountant.history = [tuple(h) for h in dp_history]
+            # Earlier rounds' privacy loss, through the accountant's own state (not by assigning its history).
+            engine.accountant.load_state_dict(_accountant_state(dp_history, engine.accountant.mechanism()))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "secure RNG off" and per-module notices
             model, optimizer, loader = engine.make_private(
                 module=codec, optimizer=optimizer, data_loader=loader,
                 noise_multiplier=config.dp.noise_multiplier, max_grad_norm=config.dp.max_grad_norm,
                 poisson_sampling=True)
+        if poisson_m > 1:
+            # Opacus averages by int(n / m), which is 0 for fewer shots than m: divide by the expected batch n/m.
+            optimizer.expected_batch_size = len(images) / poisson_m
     # The frozen entropy models must not re-estimate anything: keep their modules in eval mode.
     codec.entropy_bottleneck.eval()
     codec.gaussian_conditional.eval()
@@ -276,12 +307,21 @@ def train_subset(codec: SemanticCodec, task_net: torch.nn.Module,
             q = int(rng.choice(qualities))
             n = xb.shape[0]
             # Never skip an empty Poisson batch: Opacus still adds noise and the accountant counts the step.
-            out = model(xb, q)
-            losses = loss_fn(out, xb, mb, torch.full((n,), q, dtype=torch.long), task_net, codec)
-            loss = losses["per_sample"].sum() / max(n, 1)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
+            if n == 0 and engine is not None:
+                # The codec needs at least one image: give Opacus zero-size per-sample gradients instead of a
+                # forward pass; its step then adds only the noise, and the accountant counts the step.
+                optimizer.zero_grad()
+                for p in params:
+                    p.grad_sample = p.new_zeros((0, *p.shape))
+                optimizer.step()
+                losses = None
+            else:
+                out = model(xb, q)
+                losses = loss_fn(out, xb, mb, torch.full((n,), q, dtype=torch.long), task_net, codec)
+                loss = losses["per_sample"].sum() / max(n, 1)
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
             if config.prox_mu > 0:
                 with torch.no_grad():
                     for k, p in named.items():
@@ -291,7 +331,7 @@ def train_subset(codec: SemanticCodec, task_net: torch.nn.Module,
                 monitor(step)
             if n:
                 history.append({k: float(losses[k].detach()) for k in ("loss", "bpp", "task")})
-            if progress and (step % 20 == 0 or step == config.steps):
+            if progress and losses is not None and (step % 20 == 0 or step == config.steps):
                 log.info("adapt step %d/%d  loss %.4f  bpp %.4f  task %.4f", step, config.steps,
                          float(losses["loss"].detach()), float(losses["bpp"].detach()), float(losses["task"].detach()))
     if engine is not None:
@@ -309,7 +349,7 @@ def train_subset(codec: SemanticCodec, task_net: torch.nn.Module,
     new_history: list = []
     if engine is not None:
         metrics["epsilon"] = float(engine.get_epsilon(config.dp.delta))
-        new_history = [list(h) for h in engine.accountant.history]
+        new_history = [list(h) for h in engine.accountant.state_dict()["history"]]
     return AdaptResult(codec.group_state_dict(config.groups), metrics, new_history)
 
 

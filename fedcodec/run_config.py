@@ -77,6 +77,7 @@ SECTIONS: list[tuple[str, list[tuple[str, Any, str]]]] = [
         ("sample-dp.noise-multiplier", _DP.noise_multiplier, ""),
         ("sample-dp.max-grad-norm", _DP.max_grad_norm, ""),
         ("sample-dp.delta", _DP.delta, ""),
+        ("sample-dp.sample-rate", _DP.sample_rate, "Poisson rate per step, 1/m (< 1: amplification by sampling)"),
     ]),
     ("models, data, outputs", [
         ("model-path", "", 'pretrained codec ("" = the embedded default); sites may override'),

@@ -62,6 +62,7 @@ The built-in scenarios are the files in ``simulations/scenarios/`` (``python -m 
     noise-multiplier = 1.0
     max-grad-norm = 1.0
     delta = 1e-5
+    sample-rate = 1.0                 # Poisson rate per step, 1/m (< 1: amplification by sampling)
 
     [faults]
     dropout = 0.0                     # probability that a hospital fails a round
@@ -273,6 +274,7 @@ FIELDS: dict[str, tuple[Check, str | None]] = {
     "privacy.sample.noise-multiplier": (_float(0.0), "sample-dp.noise-multiplier"),
     "privacy.sample.max-grad-norm": (_float(0.0), "sample-dp.max-grad-norm"),
     "privacy.sample.delta": (_float(0.0, 1.0, hi_open=True), "sample-dp.delta"),
+    "privacy.sample.sample-rate": (_float(0.0, 1.0), "sample-dp.sample-rate"),
     "faults.dropout": (_float(0.0, 1.0, hi_open=True), "sim.dropout"),
     "faults.stragglers": (_float(0.0, 1.0, hi_open=True), "sim.straggler"),
     "faults.straggler-delay": (_float(0.0), "sim.straggler-delay"),
@@ -404,6 +406,9 @@ def parse_scenario(text: str, source: str = "<scenario>", name: str = "") -> Sce
     if ids:
         rc["sim.attack-partitions"] = ",".join(str(i) for i in ids)
 
+    rate = values.get("privacy.sample.sample-rate", 1.0)
+    if rate <= 0 or abs(1.0 / max(1, round(1.0 / rate)) - rate) > 1e-9:
+        raise fail("privacy.sample.sample-rate", f"must be 1/m (1, 0.5, 0.25, 0.2, ...), got {rate:g}")
     if values.get("privacy.central.enabled"):
         # Flower's accounted fixed-clipping wrapper needs exactly num_sampled_clients valid replies every round.
         for key in ("faults.dropout", "faults.malicious"):

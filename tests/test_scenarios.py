@@ -121,6 +121,8 @@ BAD = [
     ("[strategy]\nname = 'fedsgd'\n", "strategy.name"),
     ("[strategy]\nname = 'median'\n[privacy.central]\nenabled = true\n", "privacy.central.enabled"),
     ("[privacy.central]\nenabled = 'yes'\n", "privacy.central.enabled"),
+    ("[privacy.sample]\nsample-rate = 0.3\n", "privacy.sample.sample-rate"),
+    ("[privacy.sample]\nsample-rate = 0.0\n", "privacy.sample.sample-rate"),
     ("[faults]\ndropout = 1.5\n", "faults.dropout"),
     ("[faults]\nmalicious = 0.5\n", "faults.attack"),
     ("[faults]\nattack = 'scale'\n", "faults.malicious"),
