@@ -30,6 +30,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from fedcodec.codec import ADAPTABLE_GROUPS, SemanticCodec, pad_to_multiple
+from fedcodec.device import module_device, resolve_device
 from fedcodec.data import Sample, normalize
 from fedcodec.errors import DataError
 from fedcodec.losses import LossWeights, SemanticLoss
@@ -96,7 +97,7 @@ class AdaptConfig:
     select: str = "holdout"
     check_every: int = 10             # steps between held-out checks when selecting
     min_gain: float = 0.005           # relative held-out loss improvement required to keep an adaptation
-    device: str = "cpu"               # where training runs ("auto", "cpu", "cuda")
+    device: str = "auto"              # where training runs: auto (CUDA when present), cpu, cuda
 
 
 @dataclass
@@ -138,6 +139,11 @@ def samples_to_tensors(samples: Sequence[Sample], crop: int = 0) -> tuple[torch.
         xs.append(x[..., top:top + th, left:left + tw])
         ms.append(m[..., top:top + th, left:left + tw])
     return torch.cat(xs).float(), torch.cat(ms)
+
+
+def _host(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A subset in host memory (what travels and what files hold), wherever training ran."""
+    return {k: v.cpu() for k, v in state.items()}
 
 
 def _frozen_fingerprint(codec: SemanticCodec, groups: Sequence[str]) -> str:
@@ -199,6 +205,10 @@ def adapt(codec: SemanticCodec, task_net: torch.nn.Module, samples: Sequence[Sam
     """
     start = time.perf_counter()
     images, masks = samples if isinstance(samples, tuple) else samples_to_tensors(samples, config.crop)
+    device = resolve_device(config.device)
+    codec.to(device)
+    task_net.to(device)
+    images, masks = images.to(device), masks.to(device)
     split = spatial_holdout(images, masks) if config.select == "holdout" and config.dp is None else None
     if config.select not in ("holdout", "none"):
         raise ValueError(f"unknown adaptation selection {config.select!r}; use 'holdout' or 'none'")
@@ -229,7 +239,7 @@ def adapt(codec: SemanticCodec, task_net: torch.nn.Module, samples: Sequence[Sam
         result = train_subset(codec, task_net, (images, masks), final, global_state, dp_history, progress)
     else:
         codec.update(force=True)
-        result = AdaptResult(codec.group_state_dict(config.groups),
+        result = AdaptResult(_host(codec.group_state_dict(config.groups)),
                              {"examples": float(len(images)), "steps": 0.0, "loss": math.nan, "bpp": math.nan,
                               "task": math.nan, "epsilon": 0.0}, [])
     result.metrics.update(selected_steps=float(best_step if keep else 0), kept=float(keep), heldout_start=base,
@@ -261,12 +271,15 @@ def train_subset(codec: SemanticCodec, task_net: torch.nn.Module,
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     images, masks = samples if isinstance(samples, tuple) else samples_to_tensors(samples, config.crop)
+    device = module_device(codec)  # adapt() moved codec and task network to config.device
+    images, masks = images.to(device), masks.to(device)
     qualities = list(config.qualities) or list(range(codec.num_qualities))
     before = _frozen_fingerprint(codec, config.groups)
     params = codec.set_trainable(config.groups)
     if not params:
         raise ValueError(f"groups {config.groups} have no trainable parameters")
-    anchor = {k: v.detach().clone() for k, v in (global_state or codec.group_state_dict(config.groups)).items()}
+    anchor = {k: v.detach().clone().to(device)
+              for k, v in (global_state or codec.group_state_dict(config.groups)).items()}
     named = {k: p for k, p in codec.named_parameters() if p.requires_grad}
     loss_fn = SemanticLoss(LossWeights(config.lambda_d, config.lambda_t, 0.0, list(config.quality_weights)),
                            codec.num_qualities)
@@ -350,7 +363,7 @@ def train_subset(codec: SemanticCodec, task_net: torch.nn.Module,
     if engine is not None:
         metrics["epsilon"] = float(engine.get_epsilon(config.dp.delta))
         new_history = [list(h) for h in engine.accountant.state_dict()["history"]]
-    return AdaptResult(codec.group_state_dict(config.groups), metrics, new_history)
+    return AdaptResult(_host(codec.group_state_dict(config.groups)), metrics, new_history)
 
 
 def config_dict(config: AdaptConfig) -> dict:

@@ -111,7 +111,7 @@ def bit_allocation(codec: SemanticCodec, data: bytes) -> BitAllocation:
     shape = (-(-header.height // m), -(-header.width // m))
     q = torch.tensor([header.quality])
     try:
-        lat = codec.decode_latents([[y_string], [z_string]], shape, q)
+        lat = codec.decode_latents([[y_string], [z_string]], shape, q, header.portable)
     except Exception as exc:  # already decoded once above, so this is not expected; keep the error clear
         raise BitstreamError(f"bitstream payload is corrupt ({type(exc).__name__}: {exc})") from exc
     # The likelihood the coder's tables approximate: GaussianConditional at the coded scale, symbols as coded.

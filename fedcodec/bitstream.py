@@ -5,7 +5,7 @@ Layout (little-endian; ``varint`` = unsigned LEB128):
 | field | size | meaning |
 | --- | --- | --- |
 | magic | 3 | ``b"FCd"`` |
-| format version | 1 | :data:`FORMAT_VERSION` |
+| format version | 1 | :data:`FORMAT_VERSION` (2; version 1 streams are still read, see below) |
 | model id | 6 | first 6 bytes of the codec's identity hash (all parameter groups) |
 | flags | 1 | bit 0: 16-bit image; bit 1: explicit window follows; bit 2: tiled |
 | height, width | varint each | original image size (before padding) |
@@ -20,6 +20,10 @@ A tiled container (flag bit 2, written for images larger than one tile so that e
 memory for one tile only) has, after the side info, a varint tile size ``T`` (a multiple of 64) and then, for
 each ``T x T`` tile in row-major order (the last row and column may be smaller), ``varint z length, z string,
 varint y length, y string``, and then the checksum (nothing may follow the last tile).
+
+Version 2 (the current one) means the entropy coder's tables were chosen from float64 decoder-side values
+(portable between thread counts, batches and devices; :meth:`fedcodec.codec.SemanticCodec.gains`); version 1
+streams, written by fedcodec before, chose them in float32 and are decoded the same way they were written.
 
 A 256x256 8-bit image costs 22 header bytes (0.0027 bpp); bpp is always counted on the whole container.
 
@@ -39,7 +43,9 @@ from fedcodec.data.windowing import default_window
 from fedcodec.errors import BitstreamError, ModelMismatchError
 
 MAGIC = b"FCd"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+#: Versions this fedcodec decodes: 1 (float32 table selection, before portable coding) and 2.
+READ_VERSIONS = (1, 2)
 MODEL_ID_BYTES = 6
 _FLAG_16BIT = 1
 _FLAG_WINDOW = 2
@@ -96,6 +102,12 @@ class Header:
     quality: int
     side_info: bytes = b""
     tile: int = 0       # 0 = one untiled image, else the tile side (tiles coded independently)
+    version: int = FORMAT_VERSION  # container version read (writing always uses FORMAT_VERSION)
+
+    @property
+    def portable(self) -> bool:
+        """Whether the tables were chosen from float64 decoder-side values (version >= 2)."""
+        return self.version >= 2
 
     @property
     def tile_grid(self) -> tuple[int, int]:
@@ -222,9 +234,10 @@ def unpack_tiles(data: bytes, expected_model_id: bytes | None = None,
         raise BitstreamError("not a fedcodec bitstream (bad magic bytes)")
     if len(data) < len(MAGIC) + 1 + 4:
         raise BitstreamError("bitstream is truncated (shorter than the smallest header)")
-    if data[len(MAGIC)] != FORMAT_VERSION:
-        raise BitstreamError(f"unsupported bitstream format version {data[len(MAGIC)]} "
-                             f"(this fedcodec reads version {FORMAT_VERSION})")
+    version = data[len(MAGIC)]
+    if version not in READ_VERSIONS:
+        raise BitstreamError(f"unsupported bitstream format version {version} "
+                             f"(this fedcodec reads versions {', '.join(map(str, READ_VERSIONS))})")
     body, (crc,) = data[:-4], struct.unpack("<I", data[-4:])
     if zlib.crc32(body) != crc:
         raise BitstreamError("bitstream is corrupt or truncated (checksum mismatch)")
@@ -254,7 +267,7 @@ def unpack_tiles(data: bytes, expected_model_id: bytes | None = None,
         if tile % TILE_MULTIPLE or not MIN_TILE <= tile <= MAX_TILE:
             raise BitstreamError(f"bitstream is corrupt (tile size {tile}; expected a multiple of {TILE_MULTIPLE} "
                                  f"in {MIN_TILE}..{MAX_TILE})")
-        header = Header(model_id, height, width, bit_depth, (lo, hi), quality, side_info, tile)
+        header = Header(model_id, height, width, bit_depth, (lo, hi), quality, side_info, tile, version)
         rows, cols = header.tile_grid
         if rows * cols < 2:
             raise BitstreamError("bitstream is corrupt (a tiled image with a single tile)")
@@ -267,7 +280,7 @@ def unpack_tiles(data: bytes, expected_model_id: bytes | None = None,
         if reader.pos != len(body):
             raise BitstreamError(f"bitstream is corrupt ({len(body) - reader.pos} unexpected bytes after the last tile)")
     else:
-        header = Header(model_id, height, width, bit_depth, (lo, hi), quality, side_info)
+        header = Header(model_id, height, width, bit_depth, (lo, hi), quality, side_info, version=version)
         z_string = reader.take(reader.varint("z length"), "z string")
         y_string = body[reader.pos:]
         if not z_string or not y_string:

@@ -45,6 +45,14 @@ def _add_model(p: argparse.ArgumentParser, task: bool = False) -> None:
         p.add_argument("--task", default=None, help="TorchScript task network (default: the embedded default)")
 
 
+def _add_device(p: argparse.ArgumentParser, training: bool = False) -> None:
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where the networks run: "
+                   "auto (CUDA when present, else the CPU), cpu or cuda; entropy coding reads host memory and "
+                   "bitstreams are portable between devices")
+    if training:
+        p.add_argument("--bf16", action="store_true", help="bf16 autocast of the training forward pass (CUDA only)")
+
+
 def _add_overwrite(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
 
@@ -210,13 +218,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output TorchScript file")
     _config_flag(p, "--steps", PRETRAIN, "task_steps", type=int, help="training steps")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--arch", default="basicunet", choices=("basicunet", "unet", "segresnet"),
+                   help="MONAI segmenter architecture")
+    _add_device(p)
     _add_overwrite(p)
 
     p = sub.add_parser("pretrain", help="train the semantic codec (and the task network unless --task)")
-    p.add_argument("--out", required=True, help="output folder: codec.pt, task.pt, pretrain.json, metrics.csv")
+    p.add_argument("--out", default=None, help="output folder: codec.pt, task.pt, checkpoint.pt, best.pt, "
+                   "pretrain.json, metrics.csv")
+    p.add_argument("--recipe", choices=("default", "lean"), default="default", help="default: the first "
+                   "embedded default's recipe; lean: light encoder, small hyper-latent, task-network ensemble, "
+                   "randomised domains, steered validation (the flags below override the recipe's values)")
+    p.add_argument("--resume", default=None, metavar="DIR", help="continue the run in DIR exactly from its "
+                   "checkpoint (model, optimisers, schedule, step, RNG); training flags must be left out")
+    p.add_argument("--max-minutes", type=float, default=0.0, help="stop with a checkpoint after this many "
+                   "minutes (0 = run to the end); continue later with --resume")
+    p.add_argument("--data", default=None, help="real labelled folders (comma-separated; e.g. from "
+                   "'fedcodec datasets fetch') mixed into the training images")
     p.add_argument("--task", default=None, help="use this TorchScript task network instead of training one")
     for name in ("steps", "batch_size", "crop", "images", "image_size", "hospital", "seed", "N", "M",
-                 "num_qualities", "task_steps"):
+                 "num_qualities", "task_steps", "val_every"):
         _config_flag(p, f"--{name.replace('_', '-')}", PRETRAIN, type=int, dest=name)
     _config_flag(p, "--lambda-adv", PRETRAIN, type=float, help="label-map discriminator weight")
     p.add_argument("--mse", action="store_true", help="train an MSE codec (no task loss) as a baseline")
@@ -226,6 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
                  "the per-quality gains (they move slowly at the stage's rate; the default's fine-tune used 100)")
     p.add_argument("--init", default=None, help="continue from this codec file with the fine-tune schedule "
                    "(semantic stage, lr 1e-4); --N/--M/--num-qualities are then the file's")
+    _add_device(p, training=True)
     _add_overwrite(p)
 
     p = sub.add_parser("adapt", help="few-shot adaptation of the policy head and adapters on one site's samples")
@@ -244,6 +266,10 @@ def build_parser() -> argparse.ArgumentParser:
     _config_flag(p, "--dp-clip", DP, dest="max_grad_norm", type=float, metavar="NORM",
                  help="Opacus per-sample clipping norm")
     _config_flag(p, "--dp-delta", DP, dest="delta", type=float, help="delta of the reported epsilon")
+    _config_flag(p, "--select", ADAPT, choices=("holdout", "none"), help="holdout: train on one half of every "
+                 "shot, judge on the other, keep the pretrained subset unless adaptation helps; none: train blindly")
+    _config_flag(p, "--device", ADAPT, choices=("auto", "cpu", "cuda"), help="where adaptation runs: auto (CUDA "
+                 "when present, else the CPU), cpu or cuda")
     _add_overwrite(p)
 
     p = sub.add_parser("evaluate", help="rate-task curves from real bitstreams")
@@ -257,6 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=None, help="use at most this many images")
     p.add_argument("--bandwidth", type=float, default=None, help="link bandwidth in Mbit/s for the latency model")
     p.add_argument("--study-images", type=int, default=100, help="images per study for the latency model")
+    _add_device(p)
     _add_overwrite(p)
 
     p = sub.add_parser("encode", help="encode an image (PNG, TIFF, DICOM) to a fedcodec bitstream")
@@ -264,6 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quality", type=int, default=4, help=QUALITY_HELP)
     p.add_argument("input")
     p.add_argument("output")
+    _add_device(p)
     _add_overwrite(p)
 
     p = sub.add_parser("decode", help="decode a fedcodec bitstream to a PNG")
@@ -272,6 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "(after the codec's feature head) instead of the reconstruction")
     p.add_argument("input")
     p.add_argument("output")
+    _add_device(p)
     _add_overwrite(p)
 
     p = sub.add_parser("inspect", help="where the bits of a bitstream go (bits per block, policy gain map)")
@@ -367,10 +396,10 @@ def cmd_task_train(args: argparse.Namespace) -> None:
     crop = inspect.signature(train_task_network).parameters["crop"].default
     images, masks = padded_arrays(samples, crop)
     start = time.perf_counter()
-    net = train_task_network(images, masks, steps=steps, seed=args.seed)
+    net = train_task_network(images, masks, steps=steps, seed=args.seed, arch=args.arch, device=args.device)
     out = check_new_output(out, args.overwrite)
     save_task(net, out, overwrite=True)
-    record = {"data": str(args.data), "steps": steps, "seed": args.seed, "images": len(samples),
+    record = {"data": str(args.data), "steps": steps, "seed": args.seed, "arch": args.arch, "images": len(samples),
               "seconds": round(time.perf_counter() - start, 1),
               "train_dice_uncompressed": uncompressed_dice(net, samples)}
     write_json(out.with_suffix(out.suffix + ".json"), record)
@@ -379,21 +408,46 @@ def cmd_task_train(args: argparse.Namespace) -> None:
 
 def cmd_pretrain(args: argparse.Namespace) -> None:
     from fedcodec.model_io import load_task
-    from fedcodec.pretrain import PretrainConfig, pretrain
-
-    from fedcodec.pretrain import fine_tune_stages
+    from fedcodec.pretrain import PretrainConfig, fine_tune_stages, lean_config, pretrain
 
     fields = ("steps", "batch_size", "crop", "images", "image_size", "hospital", "seed", "N", "M",
-              "num_qualities", "task_steps", "lambda_adv", "gain_lr_scale")
-    if Path(args.out).exists() and not Path(args.out).is_dir():
-        raise _usage(f"--out {args.out} is a file; pretrain writes a folder")
-    config = PretrainConfig(**_given(args, fields), semantic=not args.mse, z_gain=args.z_gain, init=args.init or "")
-    if args.init:
-        config.stages = fine_tune_stages()
-    task_net = load_task(args.task) if args.task else None
-    codec, _, summary = pretrain(config, args.out, task_net=task_net, overwrite=args.overwrite)
+              "num_qualities", "task_steps", "val_every", "lambda_adv", "gain_lr_scale")
+    given = _given(args, fields)
+    if args.data:
+        given["data"] = [d for d in args.data.split(",") if d]
+    if args.mse:
+        given["semantic"] = False
+    if args.z_gain:
+        given["z_gain"] = True
+    if args.resume:
+        if given or args.init or args.task or args.recipe != "default" or (args.out and args.out != args.resume):
+            raise _usage("--resume continues a run with its own settings; give only --max-minutes, --device "
+                         "and --bf16 with it")
+        if not Path(args.resume).is_dir():
+            raise _usage(f"--resume {args.resume}: no such folder")
+        out = args.resume
+        codec, _, summary = pretrain(None, out, resume=True, max_minutes=args.max_minutes, device=args.device,
+                                     bf16=args.bf16)
+    else:
+        if not args.out:
+            raise _usage("pretrain needs --out DIR (or --resume DIR)")
+        out = args.out
+        if Path(out).exists() and not Path(out).is_dir():
+            raise _usage(f"--out {out} is a file; pretrain writes a folder")
+        config = lean_config(**given) if args.recipe == "lean" else PretrainConfig(**given)
+        config.device, config.bf16 = args.device, args.bf16
+        if args.init:
+            config.init = args.init
+            config.stages = fine_tune_stages()
+        task_net = load_task(args.task) if args.task else None
+        codec, _, summary = pretrain(config, out, task_net=task_net, overwrite=args.overwrite,
+                                     max_minutes=args.max_minutes)
     counts = summary["parameter_counts"]
-    print(f"codec -> {Path(args.out) / 'codec.pt'}: {counts['total']:,} parameters, adaptable fraction "
+    if not summary["finished"]:
+        print(f"pretraining stopped at step {summary['step']}/{summary['config']['steps']} after "
+              f"{summary['seconds_total'] / 60:.1f} min; continue with: fedcodec pretrain --resume {out}")
+        return
+    print(f"codec -> {Path(out) / 'codec.pt'}: {counts['total']:,} parameters, adaptable fraction "
           f"{summary['adaptable_fraction']:.2%}, {summary['seconds_total'] / 60:.1f} min")
 
 
@@ -403,7 +457,7 @@ def adapt_config_from_args(args: argparse.Namespace) -> Any:
     from fedcodec.adapt import AdaptConfig, dp_config
     from fedcodec.run_config import parse_groups
 
-    kw = _given(args, ("steps", "lr", "lambda_d", "lambda_t", "seed"))
+    kw = _given(args, ("steps", "lr", "lambda_d", "lambda_t", "seed", "select", "device"))
     if hasattr(args, "groups"):
         try:
             kw["groups"] = parse_groups(args.groups)
@@ -422,7 +476,7 @@ def cmd_adapt(args: argparse.Namespace) -> None:
         raise _usage(f"--shots must be between 1 and 64 (1 to 8 is the intended range), got {args.shots}")
     config = adapt_config_from_args(args)
     out, out_json = _check_outputs(args.out, Path(str(args.out) + ".json"), overwrite=args.overwrite)
-    codec, task_net = load_codec(args.model), load_task(args.task)
+    codec, task_net = load_codec(args.model), load_task(args.task)  # adapt() moves them to config.device
     samples = load_data(args.data, limit=args.shots)
     if len(samples) < args.shots:
         log.warning("only %d annotated samples in %s (asked for %d)", len(samples), args.data, args.shots)
@@ -450,13 +504,13 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     if out.exists() and not out.is_dir():
         raise _usage(f"--out {out} is a file; evaluate writes a folder (results.json, report.md, rate_dice.png)")
     _check_outputs(out / "results.json", out / "report.md", out / "rate_dice.png", overwrite=args.overwrite)
-    codec, task_net = load_codec(args.model), load_task(args.task)
+    codec, task_net = load_codec(args.model, args.device), load_task(args.task, args.device)
     extra = {}
     for item in args.compare:
         name, sep, path = item.partition("=")
         if not sep or not name or not path:
             raise _usage(f"--compare takes NAME=PATH, got {item!r}")
-        extra[name] = load_codec(path)
+        extra[name] = load_codec(path, args.device)
     samples = load_data(args.data, limit=args.limit)
     anchors = [a.strip() for a in args.anchors.split(",") if a.strip()]
     if anchors:
@@ -484,7 +538,7 @@ def cmd_encode(args: argparse.Namespace) -> None:
 
     (out,) = _check_outputs(args.output, overwrite=args.overwrite)
     image, bit_depth, window = read_image(args.input)
-    codec = load_codec(args.model)
+    codec = load_codec(args.model, args.device)
     if not 1 <= args.quality <= codec.num_qualities:
         raise _usage(f"--quality must be 1..{codec.num_qualities}, got {args.quality}")
     enc = encode_image(codec, image, args.quality - 1, window)
@@ -504,7 +558,7 @@ def cmd_decode(args: argparse.Namespace) -> None:
     from fedcodec.coding import decode_image
     from fedcodec.model_io import atomic_write_bytes, check_new_output, load_codec
 
-    image, header = decode_image(load_codec(args.model), data, task_ready=args.task_ready)
+    image, header = decode_image(load_codec(args.model, args.device), data, task_ready=args.task_ready)
     buf = io.BytesIO()
     Image.fromarray(image).save(buf, format="PNG")
     atomic_write_bytes(check_new_output(out, args.overwrite), buf.getvalue())

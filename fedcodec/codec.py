@@ -332,6 +332,7 @@ class SemanticCodec(CompressionModel):
         each list. :meth:`update` must have been called after the last parameter change.
         """
         self._check_input(x)
+        x = x.to(self.log_gain.device)  # the transforms run where the codec is; rANS reads host memory
         q = self._quality_tensor(quality, x.shape[0], x.device)
         y = self.g_a(x)
         z = self.h_a(y)
@@ -344,25 +345,30 @@ class SemanticCodec(CompressionModel):
         return {"strings": [y_strings, z_strings], "shape": tuple(z.shape[-2:])}
 
     @torch.no_grad()
-    def decompress(self, strings: Sequence[Sequence[bytes]], shape: tuple[int, int], quality: int) -> dict:
-        """Inverse of :meth:`compress`: returns ``{"x_hat": (B, 1, 64*h_z, 64*w_z)}`` (not clamped)."""
-        lat = self.decode_latents(strings, shape, quality)
+    def decompress(self, strings: Sequence[Sequence[bytes]], shape: tuple[int, int], quality: int,
+                   portable: bool = True) -> dict:
+        """Inverse of :meth:`compress`: returns ``{"x_hat": (B, 1, 64*h_z, 64*w_z)}`` (not clamped).
+
+        ``portable=False`` decodes strings written before portable coding (bitstream version 1: tables
+        chosen in float32)."""
+        lat = self.decode_latents(strings, shape, quality, portable)
         y_hat = (lat["means"] + lat["symbols"] / lat["gain"]).to(self.log_gain.dtype)
         return {"x_hat": self.synthesize(y_hat)}
 
     @torch.no_grad()
     def decode_latents(self, strings: Sequence[Sequence[bytes]], shape: tuple[int, int],
-                       quality: int | torch.Tensor) -> dict:
+                       quality: int | torch.Tensor, portable: bool = True) -> dict:
         """Entropy-decode the strings of :meth:`compress` without synthesis.
 
         Returns ``{"means", "scales", "gain", "symbols"}``, each ``(B, M, 4*h_z, 4*w_z)``: the decoder-side
-        hyperprior, the total gain ``G`` and the coded integers ``Q((y - mu) * G)``, all float64 (see :meth:`gains`).
+        hyperprior, the total gain ``G`` and the coded integers ``Q((y - mu) * G)``, all float64 (see :meth:`gains`;
+        float32 with ``portable=False``, for version-1 bitstreams).
         """
         q = self._quality_tensor(quality, len(strings[1]), self.log_gain.device)
         z_hat = self._decode_z(strings[1], shape, q)
-        means, scales, gain = self.gains(z_hat, q, exact=True)
+        means, scales, gain = self.gains(z_hat, q, exact=portable)
         indexes = self.gaussian_conditional.build_indexes(scales * gain)
-        symbols = self.gaussian_conditional.decompress(strings[0], indexes, dtype=torch.float64)
+        symbols = self.gaussian_conditional.decompress(strings[0], indexes, dtype=means.dtype)
         return {"means": means, "scales": scales, "gain": gain, "symbols": symbols}
 
     # ------------------------------------------------------------------ parameter groups

@@ -114,13 +114,13 @@ def encode_image(codec: SemanticCodec, image: np.ndarray, quality: int,
 
 
 def _decode_tile(codec: SemanticCodec, z_string: bytes, y_string: bytes, height: int, width: int, quality: int,
-                 task_ready: bool, where: str) -> np.ndarray:
+                 task_ready: bool, where: str, portable: bool = True) -> np.ndarray:
     """One tile's strings -> ``(height, width)`` float array in [0, 1]; every failure is a BitstreamError."""
     m = codec.multiple
     shape = (-(-height // m), -(-width // m))
     try:
         with guarded_entropy_coders(codec):
-            x_hat = codec.decompress([[y_string], [z_string]], shape, quality)["x_hat"]
+            x_hat = codec.decompress([[y_string], [z_string]], shape, quality, portable)["x_hat"]
         if task_ready:
             x_hat = codec.task_input(x_hat)
     except BitstreamError:
@@ -131,7 +131,7 @@ def _decode_tile(codec: SemanticCodec, z_string: bytes, y_string: bytes, height:
     x_hat = x_hat[0, 0, :height, :width]
     if not torch.isfinite(x_hat).all():
         raise BitstreamError(f"bitstream payload is corrupt (it decodes to NaN or infinite values{where})")
-    return x_hat.clamp(0, 1).float().numpy()
+    return x_hat.clamp(0, 1).float().cpu().numpy()
 
 
 @torch.no_grad()
@@ -155,6 +155,6 @@ def decode_image(codec: SemanticCodec, data: bytes, task_ready: bool = False,
     boxes = header.tile_boxes()
     for i, ((top, left, th, tw), (z_string, y_string)) in enumerate(zip(boxes, tiles)):
         where = f" in tile {i}" if header.tile else ""
-        x_hat = _decode_tile(codec, z_string, y_string, th, tw, header.quality, task_ready, where)
+        x_hat = _decode_tile(codec, z_string, y_string, th, tw, header.quality, task_ready, where, header.portable)
         out[top:top + th, left:left + tw] = denormalize(x_hat, header.window, header.bit_depth)
     return out, header

@@ -42,11 +42,13 @@ def _segment(task_net: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Binary foreground ``(H, W)`` of the task network on ``x`` ``(1, 1, H, W)`` in [0, 1] (padded internally)."""
     from fedcodec.task_net import foreground_probability
 
+    from fedcodec.device import module_device
+
     h, w = x.shape[-2:]
     xp, _ = pad_to_multiple(x, 16)
     with torch.no_grad():
-        prob = foreground_probability(task_net(xp))[0, 0, :h, :w]
-    return prob > 0.5
+        prob = foreground_probability(task_net(xp.to(module_device(task_net))))[0, 0, :h, :w]
+    return (prob > 0.5).cpu()
 
 
 def dice_score(pred: torch.Tensor, mask: np.ndarray) -> float:
@@ -135,7 +137,8 @@ def evaluate_codec(codec: SemanticCodec, task_net: torch.nn.Module, samples: Seq
             t2 = time.perf_counter()
             x_hat = normalize(dec, s.window)
             with torch.no_grad():
-                task_in = codec.task_input(pad_to_multiple(torch.from_numpy(x_hat)[None, None], 64)[0])
+                padded = pad_to_multiple(torch.from_numpy(x_hat)[None, None], 64)[0]
+                task_in = codec.task_input(padded.to(codec.log_gain.device))
             pred = _segment(task_net, task_in[..., :x_hat.shape[0], :x_hat.shape[1]])
             acc[q].add(len(enc.data), s.image.size, dice_score(pred, s.mask), psnr(ref, x_hat), ms_ssim(ref, x_hat),
                        1e3 * (t1 - t0), 1e3 * (t2 - t1))

@@ -154,8 +154,9 @@ def read_codec_file(path: str | Path) -> dict:
     return read_tagged_file(path, CODEC_FORMAT, TORCH_CODEC_FORMAT_VERSION, "codec file")
 
 
-def load_codec(path: str | Path | None = None) -> SemanticCodec:
-    """Load a codec file (the embedded default when ``path`` is None), in eval mode with tables built."""
+def load_codec(path: str | Path | None = None, device: str | torch.device = "cpu") -> SemanticCodec:
+    """Load a codec file (the embedded default when ``path`` is None), in eval mode with tables built, on
+    ``device`` (``auto``, ``cpu``, ``cuda``; see :mod:`fedcodec.device`)."""
     if path is None:
         path = DEFAULT_CODEC
         if not path.is_file():
@@ -175,17 +176,26 @@ def load_codec(path: str | Path | None = None) -> SemanticCodec:
     except Exception as exc:  # entropy tables from nonsense parameters
         raise ModelFileError(f"{path}: cannot build the entropy coder's tables from these weights "
                              f"({type(exc).__name__}: {' '.join(str(exc).split())[:200]})") from exc
+    if str(device) != "cpu":
+        from fedcodec.device import resolve_device
+
+        codec.to(resolve_device(device))
     return codec.eval()
 
 
-def load_task(path: str | Path | None = None) -> nn.Module:
-    """Load a TorchScript task network (the embedded default when ``path`` is None), frozen."""
+def load_task(path: str | Path | None = None, device: str | torch.device = "cpu") -> nn.Module:
+    """Load a TorchScript task network (the embedded default when ``path`` is None), frozen, on ``device``."""
     if path is None:
         path = DEFAULT_TASK
         if not path.is_file():
             raise ModelFileError(f"no embedded default task network at {path}; run `fedcodec task-train` "
                                  "or pass --task")
-    return load_task_network(path)
+    net = load_task_network(path)
+    if str(device) != "cpu":
+        from fedcodec.device import resolve_device
+
+        net.to(resolve_device(device))
+    return net
 
 
 def save_task(net: nn.Module, path: str | Path, overwrite: bool = False) -> Path:

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from fedcodec.codec import SemanticCodec
+from fedcodec.device import resolve_device  # noqa: F401  (re-exported: pretrain.resolve_device)
 from fedcodec.errors import DataError, ModelFileError
 from fedcodec.losses import LabelMapDiscriminator, LossWeights, SemanticLoss
 from fedcodec.model_io import check_new_output, save_codec, save_task, write_json
@@ -169,19 +170,6 @@ def initial_codec(config: PretrainConfig) -> SemanticCodec:
     missing, unexpected = codec.load_state_dict(start.state_dict(), strict=False)
     assert missing == ["log_z_gain"] and not unexpected, (missing, unexpected)
     return codec
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; ``cuda`` without a GPU is a clear error."""
-    name = str(device)
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise DataError("device 'cuda' was asked for but no CUDA GPU is available (use --device auto or cpu)")
-    if dev.type not in ("cpu", "cuda"):
-        raise DataError(f"unsupported device {name!r}; use auto, cpu or cuda")
-    return dev
 
 
 # ------------------------------------------------------------------------------------------------ data

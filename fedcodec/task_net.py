@@ -31,8 +31,11 @@ _DICE_SOFTMAX = DiceLoss(to_onehot_y=True, softmax=True, include_background=Fals
 _DICE_SIGMOID = DiceLoss(sigmoid=True, reduction="none")
 
 
-#: Segmenter architectures :func:`build_task_network` knows (all MONAI networks, instance norm).
-TASK_ARCHITECTURES = ("basicunet", "unet", "segresnet")
+#: Segmenter architectures :func:`build_task_network` knows (all MONAI networks, instance norm), with the
+#: features each uses by default.
+ARCH_FEATURES: dict[str, tuple[int, ...]] = {"basicunet": DEFAULT_FEATURES, "unet": (16, 32, 64, 128),
+                                             "segresnet": (8,)}
+TASK_ARCHITECTURES = tuple(ARCH_FEATURES)
 
 
 def build_task_network(features: Sequence[int] = DEFAULT_FEATURES, out_channels: int = 2,
@@ -127,13 +130,15 @@ def segmentation_loss(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 def train_task_network(images: np.ndarray, masks: np.ndarray, steps: int = 600, batch_size: int = 8,
                        crop: int = 128, lr: float = 2e-3, seed: int = 0,
-                       features: Sequence[int] = DEFAULT_FEATURES, progress: bool = True,
-                       arch: str = "basicunet") -> nn.Module:
+                       features: Sequence[int] | None = None, progress: bool = True,
+                       arch: str = "basicunet", device: str | torch.device = "cpu") -> nn.Module:
     """Train the segmenter on uncompressed images.
 
     Args:
         images: ``(S, H, W)`` float32 in [0, 1].
         masks: ``(S, H, W)`` uint8 in {0, 1}.
+        features: the architecture's widths (default :data:`ARCH_FEATURES`).
+        device: where to train (``auto``, ``cpu``, ``cuda``); the network is returned on the CPU.
     Returns:
         The trained, frozen network.
     """
@@ -141,7 +146,10 @@ def train_task_network(images: np.ndarray, masks: np.ndarray, steps: int = 600, 
 
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    net = build_task_network(features, arch=arch)
+    from fedcodec.device import resolve_device
+
+    dev = resolve_device(device)
+    net = build_task_network(features or ARCH_FEATURES[arch], arch=arch).to(dev)
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
     augment = Compose([
@@ -155,8 +163,8 @@ def train_task_network(images: np.ndarray, masks: np.ndarray, steps: int = 600, 
     for step in range(1, steps + 1):
         idx = rng.integers(0, len(images), batch_size)
         batch = [augment({"image": images[i][None], "mask": masks[i][None]}) for i in idx]
-        x = torch.stack([torch.as_tensor(np.asarray(b["image"])) for b in batch]).float()
-        m = torch.stack([torch.as_tensor(np.asarray(b["mask"])) for b in batch])
+        x = torch.stack([torch.as_tensor(np.asarray(b["image"])) for b in batch]).float().to(dev)
+        m = torch.stack([torch.as_tensor(np.asarray(b["mask"])) for b in batch]).to(dev)
         loss = segmentation_loss(net(x), m).mean()
         opt.zero_grad()
         loss.backward()
@@ -165,4 +173,4 @@ def train_task_network(images: np.ndarray, masks: np.ndarray, steps: int = 600, 
         if progress and (step % 50 == 0 or step == steps):
             log.info("task-train step %d/%d loss %.4f (%.0f s)", step, steps, loss.item(),
                      time.perf_counter() - start)
-    return freeze(net)
+    return freeze(net.cpu())
