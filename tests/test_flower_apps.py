@@ -75,8 +75,13 @@ def test_resume_continues_exactly(fedavg_run, tiny_assets, tmp_path):  # noqa: F
     assert json.loads((resumed / "run.json").read_text())["resumed_from"].startswith(str(first))
     # Round 2 after resuming is the same computation as round 2 of the uninterrupted run.
     a, b = load_checkpoint(resumed)["subset"], load_checkpoint(fedavg_run["out"])["subset"]
+    # Float summation order may differ (memory alignment), and Adam's normalised step turns a last-bit
+    # difference in a near-zero gradient into up to a learning-rate-sized one on that coordinate (2.3e-5 seen
+    # after other in-process runs): compare the whole subset, and each coordinate within a step size.
+    diff = sum(float(((a[k] - b[k]).double() ** 2).sum()) for k in b) ** 0.5
+    assert diff <= 1e-4 * sum(float((b[k].double() ** 2).sum()) for k in b) ** 0.5
     for k in a:
-        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=2e-5)   # float summation order may differ
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-3)
 
 
 def test_resume_refuses_another_base_codec(fedavg_run, tmp_path):
