@@ -50,6 +50,9 @@ HELPER_MEMORY_BYTES = 3 << 30
 #: Decoded values (minus the table offset) beyond this are refused without re-encoding (the encoder's
 #: bypass code would overflow int32 on them; real latents are a few hundred at most).
 MAX_ABS_VALUE = 1 << 24
+#: Table sets the helper keeps; when it holds this many it forgets them all before taking a new one, and the
+#: caller mirrors that rule (so it always re-sends a table the helper has forgotten).
+MAX_TABLES = 16
 
 _HELPER_SOURCE = r"""
 import importlib.machinery, importlib.util, pickle, resource, struct, sys
@@ -106,7 +109,7 @@ while True:
     req = pickle.loads(read_exact(n))
     key = req["key"]
     if req.get("tables") is not None:
-        if len(tables) > 8:
+        if len(tables) >= __MAX_TABLES__:
             tables.clear()
         cdfs, sizes, offsets = req["tables"]
         tables[key] = (cdfs, sizes, offsets, np.asarray(sizes, np.int64), np.asarray(offsets, np.int64))
@@ -118,7 +121,7 @@ while True:
     body = np.asarray(values, dtype=np.int32).tobytes()
     out.write(struct.pack("<BQ", int(ok), len(values)) + body)
     out.flush()
-"""
+""".replace("__MAX_TABLES__", str(MAX_TABLES))
 
 
 def _ans_path() -> str:
@@ -226,6 +229,8 @@ def decode_with_indexes(string: bytes, indexes: Sequence[int] | np.ndarray, cdfs
         helper = _HELPER
         if key not in helper.keys:
             payload["tables"] = ([list(map(int, row)) for row in np_cdfs], np_sizes.tolist(), np_offsets.tolist())
+            if len(helper.keys) >= MAX_TABLES:  # the helper clears its tables before taking this one
+                helper.keys.clear()
         try:
             ok, values = helper.request(payload, int(idx.size))
             helper.keys.add(key)
