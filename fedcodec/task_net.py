@@ -1,7 +1,8 @@
 """The task network: the (cloud) segmenter whose diagnosis the codec must preserve.
 
-It is a MONAI 2-D segmenter trained on uncompressed images and then frozen. It is stored as TorchScript, so
-a site can swap in its own segmenter (any TorchScript module with the same contract) with ``--task PATH``:
+It is a MONAI 2-D segmenter trained on uncompressed images and then frozen. fedcodec stores its own MONAI
+segmenters as config + weights (safetensors with a JSON header); a site can swap in its own segmenter (any
+TorchScript module with the same contract) with ``--task PATH``:
 
 - input: ``(B, 1, H, W)`` float in [0, 1] (a windowed grayscale image), H and W multiples of 16;
 - output: logits ``(B, C, H, W)``; ``C >= 2`` means softmax over classes with class 0 = background,
@@ -48,19 +49,24 @@ def build_task_network(features: Sequence[int] = DEFAULT_FEATURES, out_channels:
         arch: one of :data:`TASK_ARCHITECTURES`. Several architectures let pretraining avoid tying the codec to
             one segmenter, and let benchmarks evaluate with one the codec never saw.
     """
+    features = [int(f) for f in features]
     if arch == "basicunet":
-        return BasicUNet(spatial_dims=2, in_channels=1, out_channels=out_channels, features=tuple(features))
-    if arch == "unet":
+        net = BasicUNet(spatial_dims=2, in_channels=1, out_channels=out_channels, features=tuple(features))
+    elif arch == "unet":
         from monai.networks.nets import UNet
 
-        return UNet(spatial_dims=2, in_channels=1, out_channels=out_channels, channels=tuple(features),
-                    strides=(2,) * (len(features) - 1), num_res_units=1, norm="instance")
-    if arch == "segresnet":
+        net = UNet(spatial_dims=2, in_channels=1, out_channels=out_channels, channels=tuple(features),
+                   strides=(2,) * (len(features) - 1), num_res_units=1, norm="instance")
+    elif arch == "segresnet":
         from monai.networks.nets import SegResNet
 
-        return SegResNet(spatial_dims=2, in_channels=1, out_channels=out_channels, init_filters=int(features[0]),
-                         blocks_down=(1, 2, 2, 2), blocks_up=(1, 1, 1), norm="instance")
-    raise ValueError(f"unknown task network architecture {arch!r}; choose from {TASK_ARCHITECTURES}")
+        net = SegResNet(spatial_dims=2, in_channels=1, out_channels=out_channels, init_filters=features[0],
+                        blocks_down=(1, 2, 2, 2), blocks_up=(1, 1, 1), norm="instance")
+    else:
+        raise ValueError(f"unknown task network architecture {arch!r}; choose from {TASK_ARCHITECTURES}")
+    # What save_task_network records so the file rebuilds the network without pickled or scripted code.
+    net.fedcodec_config = {"arch": arch, "features": features, "out_channels": int(out_channels)}
+    return net
 
 
 def foreground_probability(logits: torch.Tensor) -> torch.Tensor:
@@ -84,15 +90,56 @@ def freeze(module: nn.Module) -> nn.Module:
     return module
 
 
+TASK_FORMAT = "fedcodec-task"
+TASK_FORMAT_VERSION = "1"
+
+
+def _is_safetensors(path: Path) -> bool:
+    with open(path, "rb") as f:
+        head = f.read(9)
+    return len(head) == 9 and 2 <= int.from_bytes(head[:8], "little") < path.stat().st_size and head[8:9] == b"{"
+
+
+def _load_monai_network(path: Path) -> nn.Module:
+    """A MONAI network saved by :func:`save_task_network`: its config in the safetensors header, its weights."""
+    import json
+
+    from safetensors import SafetensorError, safe_open
+    from safetensors.torch import load_file
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+        state = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ModelFileError(f"{path} is not a readable task network ({type(exc).__name__}: {exc})") from exc
+    if meta.get("format") != TASK_FORMAT or meta.get("format_version") != TASK_FORMAT_VERSION:
+        raise ModelFileError(f"{path} is not a fedcodec task network (format {meta.get('format')!r} version "
+                             f"{meta.get('format_version')!r}; this fedcodec reads {TASK_FORMAT} {TASK_FORMAT_VERSION})")
+    try:
+        cfg = json.loads(meta["config"])
+        net = build_task_network(cfg["features"], int(cfg["out_channels"]), arch=cfg["arch"])
+        net.load_state_dict(state)
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        first = " ".join(str(exc).split())[:300]
+        raise ModelFileError(f"{path}: the weights do not fit the recorded task network: {first}") from exc
+    return net
+
+
 def load_task_network(path: str | Path) -> nn.Module:
-    """Load a TorchScript segmenter, frozen. Raises :class:`ModelFileError` naming the problem."""
+    """Load a segmenter, frozen: a MONAI network config + weights (safetensors, what fedcodec writes) or a
+    TorchScript module (a site's own network, or files written before). Raises :class:`ModelFileError`."""
     path = Path(path)
     if not path.is_file():
         raise ModelFileError(f"task network file not found: {path}")
-    try:
-        net = torch.jit.load(str(path), map_location="cpu")
-    except Exception as exc:  # torch raises RuntimeError/ValueError/zipfile errors for foreign files
-        raise ModelFileError(f"{path} is not a TorchScript task network ({type(exc).__name__}: {exc})") from exc
+    if _is_safetensors(path):
+        net = _load_monai_network(path)
+    else:
+        try:
+            net = torch.jit.load(str(path), map_location="cpu")
+        except Exception as exc:  # torch raises RuntimeError/ValueError/zipfile errors for foreign files
+            raise ModelFileError(f"{path} is not a task network (neither fedcodec's safetensors nor TorchScript; "
+                                 f"{type(exc).__name__}: {exc})") from exc
     net = freeze(net)
     try:
         with torch.no_grad():
@@ -106,10 +153,21 @@ def load_task_network(path: str | Path) -> nn.Module:
 
 
 def save_task_network(net: nn.Module, path: str | Path) -> None:
-    """Save as TorchScript (traced on a 64x64 input)."""
+    """Save a network built by :func:`build_task_network` as its MONAI config + weights (safetensors, JSON
+    header: no code runs on load); any other module (a site's own) as TorchScript traced on a 64x64 input."""
     net = freeze(net)
-    traced = torch.jit.trace(net, torch.rand(1, 1, 64, 64), check_trace=False)
-    torch.jit.save(traced, str(path))
+    cfg = getattr(net, "fedcodec_config", None)
+    if cfg is None:
+        traced = torch.jit.trace(net, torch.rand(1, 1, 64, 64), check_trace=False)
+        torch.jit.save(traced, str(path))
+        return
+    import json
+
+    from safetensors.torch import save_file
+
+    state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
+    save_file(state, str(path), metadata={"format": TASK_FORMAT, "format_version": TASK_FORMAT_VERSION,
+                                          "config": json.dumps(cfg)})
 
 
 def segmentation_loss(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

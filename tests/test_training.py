@@ -185,3 +185,24 @@ def test_pretrain_resume_continues_exactly(tmp_path):
         assert {k: v for k, v in a.items() if k != "seconds"} == {k: v for k, v in b.items() if k != "seconds"}
     for (k, a), (_, b) in zip(full.state_dict().items(), resumed.state_dict().items()):
         assert torch.equal(a, b), k
+
+
+@pytest.mark.parametrize("arch,features", [("basicunet", (4, 8, 8, 16, 16, 4)), ("unet", (4, 8, 16))])
+def test_task_network_files_are_config_plus_weights(tmp_path, arch, features):
+    """fedcodec's own segmenters travel as MONAI config + weights (safetensors, no code runs on load);
+    TorchScript files (a site's own network, files written before) still load; foreign files are refused."""
+    from safetensors.torch import save_file
+
+    from fedcodec.task_net import save_task_network
+
+    net = freeze(build_task_network(features, arch=arch))
+    save_task_network(net, tmp_path / "t.pt")
+    assert (tmp_path / "t.pt").read_bytes()[8:9] == b"{"
+    again = load_task_network(tmp_path / "t.pt")
+    x = torch.rand(2, 1, 64, 96)
+    assert type(again) is type(net) and torch.equal(again(x), net(x))
+    torch.jit.save(torch.jit.trace(net, torch.rand(1, 1, 64, 64), check_trace=False), tmp_path / "ts.pt")
+    assert torch.allclose(load_task_network(tmp_path / "ts.pt")(x), net(x), atol=1e-5)
+    save_file({"w": torch.zeros(2)}, tmp_path / "foreign.pt", metadata={"format": "something-else"})
+    with pytest.raises(ModelFileError, match="not a fedcodec task network"):
+        load_task_network(tmp_path / "foreign.pt")
