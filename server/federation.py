@@ -6,6 +6,11 @@ strategy (validation, optional central DP), checkpoint the subset, the strategy 
 accountant after every round, resume from a checkpoint, and export the merged adapted codec. It also prints
 the per-round table and writes ``metrics.json`` / ``metrics.csv``.
 
+The module reads top to bottom in the order a run happens: :func:`run_federation` tells the whole story in
+named steps; below it come the start (output directory, resume), the hospitals and the strategy, the DP
+bookkeeping, the round loop (train step, evaluate step), checkpoints, the export, and the table, metrics files
+and summary.
+
 Output directory (absolute; default ``~/.fedcodec/runs/<time>-run<id>``)::
 
     run.json                      settings, base identity, subset and full-codec sizes
@@ -25,13 +30,14 @@ import math
 import shutil
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from flwr.app import Array, ArrayRecord, ConfigRecord
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.exception import PrivacyBudgetExhausted
 
@@ -41,7 +47,7 @@ from fedcodec.errors import FedcodecError, ModelFileError, ModelMismatchError, O
 from fedcodec.model_io import atomic_write_bytes, load_codec, read_tagged_file, save_codec, write_json
 from strategies import (
     StrategySpec,
-    ValidatedStrategy,
+    SubsetStrategy,
     build_strategy,
     central_dp_noise_scale,
     load_strategy_state,
@@ -56,25 +62,60 @@ CHECKPOINT_VERSION = 1
 RUNS_HOME = Path("~/.fedcodec/runs")
 
 
-# ---------------------------------------------------------------------------------------------- helpers
+# ---------------------------------------------------------------------------------------------- the run
 
 
-def say(text: str = "") -> None:
-    """Print to stdout (captured into the run's log by ``flwr run --stream`` / ``flwr log``)."""
-    print(text, flush=True)
+def run_federation(grid: Grid, run_config: Mapping[str, Any] | None = None, run_id: int = 0) -> dict:
+    """Run the whole federated adaptation on ``grid``; returns the summary that is written to metrics.json."""
+    rc = dict(run_config or {})
+    t_run = time.perf_counter()
+    out_dir = resolve_out_dir(C.get(rc, "out-dir"), run_id)
+    groups = C.parse_groups(C.get(rc, "groups"))
+    model_path = C.get(rc, "model-path").strip()
+    codec = load_codec(Path(model_path).expanduser() if model_path else None)
+    base_hash = codec.identity_hash(["base"])
+    num_rounds = C.get(rc, "num-server-rounds")
+    start = resume_point(C.get(rc, "resume-from").strip(), codec, groups, base_hash)
+    resuming_here = claim_out_dir(out_dir, start.checkpoint)
+
+    say(f"fedcodec federation: output directory {out_dir}")
+    nodes = wait_for_hospitals(grid, C.get(rc, "min-available-hospitals"), C.get(rc, "wait-for-hospitals"))
+    spec, strategy = connect_strategy(rc, len(nodes), start.checkpoint)
+    run_info = describe_run(rc, run_id, out_dir, model_path, codec, base_hash, groups, spec, len(nodes),
+                            num_rounds, start)
+    write_json(out_dir / "run.json", run_info)
+    announce_run(rc, spec, run_info)
+
+    evaluate_config = {"base-hash": base_hash, "groups": ",".join(groups)}
+    fed = Federation(grid=grid, strategy=strategy, out_dir=out_dir, run_info=run_info,
+                     evaluate_config=evaluate_config,
+                     train_config=train_config(rc, spec, evaluate_config, start.round),
+                     timeout=float(C.get(rc, "round-timeout")),
+                     meta={"base_hash": base_hash, "groups": list(groups), "run_id": run_id, "strategy": spec.name},
+                     rows=start.rows)
+    arrays = subset_to_arrays(start.subset)
+
+    say("")
+    say(format_header())
+    for r in fed.rows:
+        say(format_row(r) + "   (from checkpoint)")
+    if start.round == 1 and C.get(rc, "evaluate-before") and not fed.rows:
+        evaluate_before(fed, arrays)
+    arrays, last_round, stop_reason = run_rounds(fed, arrays, start.round, num_rounds)
+
+    export_path = None
+    if C.get(rc, "export"):
+        export_path = export_codec(codec, arrays_to_subset(arrays), groups, out_dir / "adapted_codec.pt",
+                                   meta={**fed.meta, "rounds": last_round, "kind": "federated-adaptation"},
+                                   overwrite=resuming_here)
+    summary = summarize(fed.rows, run_info, strategy, stop_reason, export_path, time.perf_counter() - t_run)
+    write_metrics(out_dir, run_info, fed.rows, summary)
+    say("")
+    say(summary_text(summary))
+    return summary
 
 
-def state_dict_bytes(state: Mapping[str, torch.Tensor]) -> int:
-    """Raw tensor bytes of a state dict."""
-    return int(sum(v.numel() * v.element_size() for v in state.values()))
-
-
-def subset_to_arrays(subset: Mapping[str, torch.Tensor]) -> ArrayRecord:
-    return ArrayRecord({k: Array(v.detach().cpu().contiguous().numpy()) for k, v in subset.items()})
-
-
-def arrays_to_subset(arrays: ArrayRecord) -> dict[str, torch.Tensor]:
-    return {k: torch.from_numpy(np.array(arrays[k].numpy())) for k in arrays.keys()}
+# ---------------------------------------------------------------------------------------------- start
 
 
 def resolve_out_dir(value: str, run_id: int) -> Path:
@@ -87,6 +128,55 @@ def resolve_out_dir(value: str, run_id: int) -> Path:
         raise FedcodecError(f"out-dir must be an absolute path, got {value!r} (the ServerApp runs in the "
                             "SuperLink's working directory, so a relative path would land somewhere unexpected)")
     return p.resolve()
+
+
+@dataclass
+class StartPoint:
+    """Where a run starts: round 1 from the pretrained subset, or the round after a checkpoint's."""
+
+    subset: dict[str, torch.Tensor]      # the adaptable subset sent in the first round
+    round: int = 1                       # the first round to run
+    rows: list[dict] = field(default_factory=list)   # the checkpoint's history (its rows are kept)
+    checkpoint: dict | None = None       # the checkpoint resumed from (load_checkpoint), if any
+
+
+def resume_point(resume_from: str, codec: SemanticCodec, groups: tuple[str, ...], base_hash: str) -> StartPoint:
+    """Start from the codec's subset, or resume from ``resume_from`` (a checkpoint or a run directory)."""
+    subset = codec.group_state_dict(groups)
+    if not resume_from:
+        return StartPoint(subset)
+    ckpt = load_checkpoint(resume_from)
+    check_resumable(ckpt, codec, groups, base_hash)
+    return StartPoint(subset={k: ckpt["subset"][k].clone() for k in subset}, round=int(ckpt["round"]) + 1,
+                      rows=list(ckpt["history"]), checkpoint=ckpt)
+
+
+def check_resumable(ckpt: Mapping[str, Any], codec: SemanticCodec, groups: tuple[str, ...], base_hash: str) -> None:
+    """A checkpoint resumes only the same base codec and groups, with a subset the codec accepts."""
+    meta = ckpt["meta"]
+    if meta.get("base_hash") != base_hash:
+        raise ModelMismatchError(f"checkpoint {ckpt['path']} was made for base codec "
+                                 f"{str(meta.get('base_hash'))[:16]}..., the configured codec is "
+                                 f"{base_hash[:16]}...")
+    if tuple(meta.get("groups", ())) != groups:
+        raise FedcodecError(f"checkpoint groups {meta.get('groups')} differ from the configured {list(groups)}")
+    probe = codec.group_state_dict(groups)
+    codec.load_group_state_dict(ckpt["subset"], groups)   # validates keys/shapes/finite values
+    codec.load_group_state_dict(probe, groups)           # keep the base codec pristine
+
+
+def claim_out_dir(out_dir: Path, ckpt: Mapping[str, Any] | None) -> bool:
+    """Create ``out_dir``, refusing one that holds another run; True when this run resumes a checkpoint of its
+    own output directory (its files are then continued and the exported codec replaced)."""
+    resuming_here = bool(ckpt) and Path(ckpt["path"]).is_relative_to(out_dir)
+    if (out_dir / "metrics.json").exists() and not resuming_here:
+        raise OutputExistsError(f"{out_dir} already holds a federation run; choose another out-dir or resume "
+                                "from it (resume-from)")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return resuming_here
+
+
+# ---------------------------------------------------------------------------------------------- hospitals and strategy
 
 
 def wait_for_hospitals(grid: Grid, needed: int, timeout: float, settle: float = 0.5) -> list[int]:
@@ -116,10 +206,233 @@ def wait_for_hospitals(grid: Grid, needed: int, timeout: float, settle: float = 
         time.sleep(0.5)
 
 
+def strategy_spec(rc: Mapping[str, Any], num_nodes: int) -> StrategySpec:
+    """The StrategySpec of the run config, with the per-round sample sizes fixed for ``num_nodes`` hospitals."""
+    frac_t, frac_e = C.get(rc, "fraction-train"), C.get(rc, "fraction-evaluate")
+    n_train = min(num_nodes, max(int(num_nodes * frac_t), C.get(rc, "min-train-hospitals"))) if frac_t > 0 else 0
+    central = C.get(rc, "central-dp.enabled")
+    return StrategySpec(
+        name=C.get(rc, "strategy"), fraction_train=frac_t, fraction_evaluate=frac_e,
+        min_train_nodes=C.get(rc, "min-train-hospitals"), min_evaluate_nodes=C.get(rc, "min-evaluate-hospitals"),
+        min_available_nodes=C.get(rc, "min-available-hospitals"),
+        # Central DP accounting needs exactly the same number of hospitals every round; otherwise FedAvg's
+        # sampling adapts to the hospitals connected at that moment (one that goes offline is not waited for).
+        fixed_train_size=(n_train or None) if central else None, fixed_evaluate_size=None,
+        proximal_mu=C.get(rc, "proximal-mu"), fedadam_eta=C.get(rc, "fedadam.eta"),
+        fedadam_beta_1=C.get(rc, "fedadam.beta-1"), fedadam_beta_2=C.get(rc, "fedadam.beta-2"),
+        fedadam_tau=C.get(rc, "fedadam.tau"), trimmed_beta=C.get(rc, "trimmed-mean.beta"),
+        krum_num_malicious=C.get(rc, "krum.num-malicious"), max_update_norm=C.get(rc, "max-update-norm") or None,
+        # No hospital can claim more examples than the configured shots (a reply's weight is capped there).
+        max_examples=max(1, C.get(rc, "shots")),
+        central_dp=central, dp_noise_multiplier=C.get(rc, "central-dp.noise-multiplier"),
+        dp_clipping_norm=C.get(rc, "central-dp.clipping-norm"), dp_delta=C.get(rc, "central-dp.delta"),
+        dp_max_epsilon=C.get(rc, "central-dp.max-epsilon") or None, dp_population=num_nodes)
+
+
+def connect_strategy(rc: Mapping[str, Any], num_nodes: int,
+                     ckpt: Mapping[str, Any] | None) -> tuple[StrategySpec, SubsetStrategy]:
+    """The configured strategy for ``num_nodes`` connected hospitals, with the checkpoint's strategy state
+    (FedAdam moments, the central-DP accountant) when resuming."""
+    spec = strategy_spec(rc, num_nodes)
+    if ckpt:
+        keep_dp_population(spec, ckpt)
+    strategy = build_strategy(spec)
+    if ckpt and ckpt.get("strategy"):
+        load_strategy_state(strategy, ckpt["strategy"])
+    return spec, strategy
+
+
+def describe_run(rc: Mapping[str, Any], run_id: int, out_dir: Path, model_path: str, codec: SemanticCodec,
+                 base_hash: str, groups: tuple[str, ...], spec: StrategySpec, num_nodes: int, num_rounds: int,
+                 start: StartPoint) -> dict:
+    """``run.json``: settings, base identity, subset and full-codec sizes (and the central-DP noise scale)."""
+    ckpt = start.checkpoint
+    run_info = {
+        "run_id": run_id, "out_dir": str(out_dir), "model_path": model_path or "<embedded default>",
+        "base_hash": base_hash, "groups": list(groups), "strategy": spec.name, "hospitals_connected": num_nodes,
+        "hospitals_per_round": spec.fixed_train_size or max(int(num_nodes * spec.fraction_train),
+                                                            spec.min_train_nodes),
+        "num_rounds": num_rounds, "start_round": start.round,
+        "resumed_from": ckpt["path"] if ckpt else "", "parameter_counts": codec.parameter_counts(),
+        "subset_parameters": int(sum(v.numel() for v in start.subset.values())),
+        "subset_state_bytes": state_dict_bytes(start.subset),
+        "full_codec_state_bytes": state_dict_bytes(codec.state_dict()),
+        "central_dp": spec.central_dp, "sample_dp": C.get(rc, "sample-dp.enabled"),
+        "run_config": {k: rc.get(k, v) for k, v in C.DEFAULTS.items()},
+    }
+    if spec.central_dp:
+        run_info["central_dp_noise"] = central_dp_noise_scale(
+            spec.dp_noise_multiplier, spec.dp_clipping_norm, run_info["hospitals_per_round"],
+            run_info["subset_parameters"])
+    return run_info
+
+
+def announce_run(rc: Mapping[str, Any], spec: StrategySpec, run_info: Mapping[str, Any]) -> None:
+    """Print who is connected, what is sent and, with DP, how much noise to expect."""
+    subset_raw, full_bytes = run_info["subset_state_bytes"], run_info["full_codec_state_bytes"]
+    say(f"fedcodec federation: {run_info['hospitals_connected']} hospital(s) connected, strategy {spec.name}, "
+        f"groups {','.join(run_info['groups'])}, subset {run_info['subset_parameters']} parameters = "
+        f"{subset_raw / 1024:.1f} KB ({100 * subset_raw / full_bytes:.2f}% of the full codec's "
+        f"{full_bytes / 1024:.0f} KB), base {run_info['base_hash'][:16]}...")
+    announce_privacy(rc, spec, run_info)
+
+
+# ---------------------------------------------------------------------------------------------- DP bookkeeping
+
+
+def keep_dp_population(spec: StrategySpec, ckpt: Mapping[str, Any]) -> None:
+    """On resume with central DP, keep the population the accountant was built with.
+
+    The accountant's ledger loads only into an accountant of the same privacy configuration, whose population
+    is the number of hospitals connected when the run first started; after a restart another number may be
+    connected. Keep that population, and sample at most that many hospitals per round (NO_AMPLIFICATION
+    accounting does not depend on the population, but an event may not sample more than it).
+    """
+    state = (ckpt.get("strategy") or {}).get("accountant")
+    if not spec.central_dp or not state:
+        return   # load_strategy_state says what is missing
+    population = int(json.loads(state)["config"]["population_size"])
+    spec.dp_population = population
+    if spec.fixed_train_size and spec.fixed_train_size > population:
+        log.warning("central DP resume: %d hospitals would be sampled per round, but the accountant was built for "
+                    "a federation of %d; sampling %d", spec.fixed_train_size, population, population)
+        spec.fixed_train_size = population
+
+
+def announce_privacy(rc: Mapping[str, Any], spec: StrategySpec, run_info: Mapping[str, Any]) -> None:
+    """Print the central-DP settings and noise scale (warning when the noise outweighs any update) and the
+    sample-level DP-SGD settings of the hospitals."""
+    if spec.central_dp:
+        say(f"fedcodec federation: central DP on (noise multiplier {spec.dp_noise_multiplier}, clipping norm "
+            f"{spec.dp_clipping_norm}, delta {spec.dp_delta}, budget {spec.dp_max_epsilon or 'none'})")
+        scale = run_info["central_dp_noise"]
+        say(f"fedcodec federation: central DP noise std {scale['noise_std_per_coordinate']:.4g} per coordinate, "
+            f"expected noise norm {scale['noise_to_update_ratio']:.2f}x the clipping norm on the mean update of "
+            f"{run_info['hospitals_per_round']} hospital(s)")
+        if scale["noise_to_update_ratio"] > 1.0:
+            log.warning("central DP: the noise on the mean update is %.1fx larger than the largest possible update "
+                        "(%d hospitals per round, %d subset parameters); expect the adapted codec to degrade. About "
+                        "%d hospitals per round would bring it to 1x at this noise multiplier.",
+                        scale["noise_to_update_ratio"], run_info["hospitals_per_round"],
+                        run_info["subset_parameters"], scale["hospitals_for_ratio_1"])
+    if C.get(rc, "sample-dp.enabled"):
+        say(f"fedcodec federation: sample-level DP-SGD on at every hospital (noise multiplier "
+            f"{C.get(rc, 'sample-dp.noise-multiplier')}, max grad norm {C.get(rc, 'sample-dp.max-grad-norm')}, "
+            f"delta {C.get(rc, 'sample-dp.delta')})")
+
+
+def train_config(rc: Mapping[str, Any], spec: StrategySpec, evaluate_config: Mapping[str, Any],
+                 start_round: int) -> dict:
+    """The config of every train message: the evaluate config, equal weights under central DP (one hospital,
+    one vote) and, on resume with sample-level DP, how many rounds each hospital's accountant already holds."""
+    config = dict(evaluate_config, **{"equal-weights": bool(spec.central_dp)})
+    if C.get(rc, "sample-dp.enabled") and start_round > 1:
+        config["sample-dp.prior-rounds"] = start_round - 1
+    return config
+
+
+# ---------------------------------------------------------------------------------------------- round loop
+
+
+@dataclass
+class Federation:
+    """What every round needs, gathered once before the first."""
+
+    grid: Grid
+    strategy: SubsetStrategy
+    out_dir: Path
+    run_info: dict
+    evaluate_config: dict    # base hash and groups: sent with every message
+    train_config: dict       # see train_config()
+    timeout: float           # seconds to wait for a round's replies
+    meta: dict               # saved with every checkpoint
+    rows: list[dict]         # one per round (a resumed run's checkpoint history first)
+
+
+def run_rounds(fed: Federation, arrays: ArrayRecord, start_round: int,
+               num_rounds: int) -> tuple[ArrayRecord, int, str]:
+    """Rounds ``start_round..num_rounds``: train, evaluate, report, checkpoint.
+
+    Returns the final subset, the last round completed and why the loop stopped early ("" if it did not: only
+    central DP stops it, when the next round would exceed the privacy budget).
+    """
+    last_round = start_round - 1
+    for server_round in range(start_round, num_rounds + 1):
+        t0 = time.perf_counter()
+        try:
+            messages = list(fed.strategy.configure_train(server_round, arrays, ConfigRecord(dict(fed.train_config)),
+                                                         fed.grid))
+        except PrivacyBudgetExhausted as exc:
+            stop_reason = f"privacy budget reached before round {server_round}: {exc}"
+            say(f"fedcodec federation: stopping: {stop_reason}")
+            return arrays, last_round, stop_reason
+        arrays, train_metrics = train_step(fed, server_round, arrays, messages)
+        eval_metrics = evaluate_step(fed, server_round, arrays)
+        row = make_row(server_round, fed.strategy, train_metrics, eval_metrics, time.perf_counter() - t0)
+        fed.rows.append(row)
+        last_round = server_round
+        report_round(row)
+        checkpoint_round(fed, server_round, arrays)
+    return arrays, last_round, ""
+
+
+def train_step(fed: Federation, server_round: int, arrays: ArrayRecord,
+               messages: list[Message]) -> tuple[ArrayRecord, MetricRecord | None]:
+    """Send the configured train messages and aggregate the replies; the subset stays as it was when the round
+    produced no (valid) aggregate."""
+    replies = fed.grid.send_and_receive(messages, timeout=fed.timeout) if messages else []
+    new_arrays, metrics = fed.strategy.aggregate_train(server_round, replies)
+    return (new_arrays if new_arrays is not None else arrays), metrics
+
+
+def evaluate_step(fed: Federation, server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+    """Evaluate ``arrays`` on the sampled hospitals' held-out images (None when none is asked or answers)."""
+    msgs = list(fed.strategy.configure_evaluate(server_round, arrays, ConfigRecord(dict(fed.evaluate_config)),
+                                                fed.grid))
+    if not msgs:
+        return None
+    return fed.strategy.aggregate_evaluate(server_round, fed.grid.send_and_receive(msgs, timeout=fed.timeout))
+
+
+def evaluate_before(fed: Federation, arrays: ArrayRecord) -> None:
+    """Round 0: the pretrained subset, evaluated before any adaptation."""
+    t0 = time.perf_counter()
+    em = evaluate_step(fed, 0, arrays)
+    fed.rows.append(make_row(0, fed.strategy, None, em, time.perf_counter() - t0))
+    say(format_row(fed.rows[-1]))
+    write_metrics(fed.out_dir, fed.run_info, fed.rows, {})
+
+
+def report_round(row: Mapping[str, Any]) -> None:
+    """The round's table row, then one line per dropped update and per failed hospital."""
+    say(format_row(row) + (f"   {row['skipped_reason']}" if row["skipped_reason"] else ""))
+    for rej in row["rejections"]:
+        say(f"      dropped the update of node {rej['node']}: {rej['reason']}")
+    for fail in row["failures"]:
+        say(f"      node {fail['node']} failed: {fail['reason']}")
+
+
 # ---------------------------------------------------------------------------------------------- checkpoints
 
 
-def save_checkpoint(path: Path, server_round: int, subset: Mapping[str, torch.Tensor], strategy: ValidatedStrategy,
+def checkpoint_round(fed: Federation, server_round: int, arrays: ArrayRecord) -> Path:
+    """After a round: write ``checkpoints/round-NNNN.pt``, make it ``latest.pt`` and rewrite the metrics files."""
+    path = save_checkpoint(fed.out_dir / "checkpoints" / f"round-{server_round:04d}.pt", server_round,
+                           arrays_to_subset(arrays), fed.strategy, fed.rows, fed.meta)
+    rotate_latest(path)
+    write_metrics(fed.out_dir, fed.run_info, fed.rows, {})
+    return path
+
+
+def rotate_latest(path: Path) -> None:
+    """Replace ``latest.pt`` beside ``path`` with a copy of it (through a temporary file, so that ``latest.pt``
+    is always a complete checkpoint)."""
+    tmp = path.parent / ".latest.tmp"
+    shutil.copyfile(path, tmp)
+    tmp.replace(path.parent / "latest.pt")
+
+
+def save_checkpoint(path: Path, server_round: int, subset: Mapping[str, torch.Tensor], strategy: SubsetStrategy,
                     history: list[dict], meta: Mapping[str, Any]) -> Path:
     """Write one round's checkpoint atomically (loadable with ``torch.load(weights_only=True)``)."""
     st = strategy_state(strategy)
@@ -190,7 +503,7 @@ def export_codec(codec: SemanticCodec, subset: Mapping[str, torch.Tensor], group
     return save_codec(merged.eval(), path, meta=dict(meta), overwrite=overwrite)
 
 
-# ---------------------------------------------------------------------------------------------- table
+# ---------------------------------------------------------------------------------------------- table and metrics files
 
 
 COLUMNS = [("round", "round", "{:>5}"), ("hosp", "hospitals", "{:>5}"), ("rej", "rejected", "{:>3}"),
@@ -249,10 +562,10 @@ def _csv(v: Any) -> Any:
     return v
 
 
-# ---------------------------------------------------------------------------------------------- rows
+# ---------------------------------------------------------------------------------------------- rows and summary
 
 
-def make_row(server_round: int, strategy: ValidatedStrategy, train_metrics: Any, eval_metrics: Any,
+def make_row(server_round: int, strategy: SubsetStrategy, train_metrics: Any, eval_metrics: Any,
              seconds: float) -> dict:
     st = strategy.rounds.get(server_round)
     tm = dict(train_metrics) if train_metrics is not None else {}
@@ -288,206 +601,7 @@ def make_row(server_round: int, strategy: ValidatedStrategy, train_metrics: Any,
     return row
 
 
-# ---------------------------------------------------------------------------------------------- main loop
-
-
-def strategy_spec(rc: Mapping[str, Any], num_nodes: int) -> StrategySpec:
-    """The StrategySpec of the run config, with the per-round sample sizes fixed for ``num_nodes`` hospitals."""
-    frac_t, frac_e = C.get(rc, "fraction-train"), C.get(rc, "fraction-evaluate")
-    n_train = min(num_nodes, max(int(num_nodes * frac_t), C.get(rc, "min-train-hospitals"))) if frac_t > 0 else 0
-    central = C.get(rc, "central-dp.enabled")
-    return StrategySpec(
-        name=C.get(rc, "strategy"), fraction_train=frac_t, fraction_evaluate=frac_e,
-        min_train_nodes=C.get(rc, "min-train-hospitals"), min_evaluate_nodes=C.get(rc, "min-evaluate-hospitals"),
-        min_available_nodes=C.get(rc, "min-available-hospitals"),
-        # Central DP accounting needs exactly the same number of hospitals every round; otherwise FedAvg's
-        # sampling adapts to the hospitals connected at that moment (one that goes offline is not waited for).
-        fixed_train_size=(n_train or None) if central else None, fixed_evaluate_size=None,
-        proximal_mu=C.get(rc, "proximal-mu"), fedadam_eta=C.get(rc, "fedadam.eta"),
-        fedadam_beta_1=C.get(rc, "fedadam.beta-1"), fedadam_beta_2=C.get(rc, "fedadam.beta-2"),
-        fedadam_tau=C.get(rc, "fedadam.tau"), trimmed_beta=C.get(rc, "trimmed-mean.beta"),
-        krum_num_malicious=C.get(rc, "krum.num-malicious"), max_update_norm=C.get(rc, "max-update-norm") or None,
-        # No hospital can claim more examples than the configured shots (a reply's weight is capped there).
-        max_examples=max(1, C.get(rc, "shots")),
-        central_dp=central, dp_noise_multiplier=C.get(rc, "central-dp.noise-multiplier"),
-        dp_clipping_norm=C.get(rc, "central-dp.clipping-norm"), dp_delta=C.get(rc, "central-dp.delta"),
-        dp_max_epsilon=C.get(rc, "central-dp.max-epsilon") or None, dp_population=num_nodes)
-
-
-def keep_dp_population(spec: StrategySpec, ckpt: Mapping[str, Any]) -> None:
-    """On resume with central DP, keep the population the accountant was built with.
-
-    The accountant's ledger loads only into an accountant of the same privacy configuration, whose population
-    is the number of hospitals connected when the run first started; after a restart another number may be
-    connected. Keep that population, and sample at most that many hospitals per round (NO_AMPLIFICATION
-    accounting does not depend on the population, but an event may not sample more than it).
-    """
-    state = (ckpt.get("strategy") or {}).get("accountant")
-    if not spec.central_dp or not state:
-        return   # load_strategy_state says what is missing
-    population = int(json.loads(state)["config"]["population_size"])
-    spec.dp_population = population
-    if spec.fixed_train_size and spec.fixed_train_size > population:
-        log.warning("central DP resume: %d hospitals would be sampled per round, but the accountant was built for "
-                    "a federation of %d; sampling %d", spec.fixed_train_size, population, population)
-        spec.fixed_train_size = population
-
-
-def run_federation(grid: Grid, run_config: Mapping[str, Any] | None = None, run_id: int = 0) -> dict:
-    """Run the whole federated adaptation on ``grid``; returns the summary that is written to metrics.json."""
-    rc = dict(run_config or {})
-    t_run = time.perf_counter()
-    out_dir = resolve_out_dir(C.get(rc, "out-dir"), run_id)
-    groups = C.parse_groups(C.get(rc, "groups"))
-    model_path = C.get(rc, "model-path").strip()
-    codec = load_codec(Path(model_path).expanduser() if model_path else None)
-    base_hash = codec.identity_hash(["base"])
-    subset = codec.group_state_dict(groups)
-    num_rounds = C.get(rc, "num-server-rounds")
-
-    # ---- resume
-    start_round, rows, ckpt = 1, [], None
-    resume = C.get(rc, "resume-from").strip()
-    if resume:
-        ckpt = load_checkpoint(resume)
-        meta = ckpt["meta"]
-        if meta.get("base_hash") != base_hash:
-            raise ModelMismatchError(f"checkpoint {ckpt['path']} was made for base codec "
-                                     f"{str(meta.get('base_hash'))[:16]}..., the configured codec is "
-                                     f"{base_hash[:16]}...")
-        if tuple(meta.get("groups", ())) != groups:
-            raise FedcodecError(f"checkpoint groups {meta.get('groups')} differ from the configured {list(groups)}")
-        probe = codec.group_state_dict(groups)
-        codec.load_group_state_dict(ckpt["subset"], groups)   # validates keys/shapes/finite values
-        codec.load_group_state_dict(probe, groups)           # keep the base codec pristine
-        subset = {k: ckpt["subset"][k].clone() for k in subset}
-        start_round = int(ckpt["round"]) + 1
-        rows = list(ckpt["history"])
-    resuming_here = bool(ckpt) and Path(ckpt["path"]).is_relative_to(out_dir)
-    if (out_dir / "metrics.json").exists() and not resuming_here:
-        raise OutputExistsError(f"{out_dir} already holds a federation run; choose another out-dir or resume "
-                                "from it (resume-from)")
-    out_dir.mkdir(parents=True, exist_ok=True)
-
-    say(f"fedcodec federation: output directory {out_dir}")
-    nodes = wait_for_hospitals(grid, C.get(rc, "min-available-hospitals"), C.get(rc, "wait-for-hospitals"))
-    spec = strategy_spec(rc, len(nodes))
-    if ckpt:
-        keep_dp_population(spec, ckpt)
-    strategy = build_strategy(spec)
-    if ckpt and ckpt.get("strategy"):
-        load_strategy_state(strategy, ckpt["strategy"])
-
-    full_bytes = state_dict_bytes(codec.state_dict())
-    subset_raw = state_dict_bytes(subset)
-    run_info = {
-        "run_id": run_id, "out_dir": str(out_dir), "model_path": model_path or "<embedded default>",
-        "base_hash": base_hash, "groups": list(groups), "strategy": spec.name, "hospitals_connected": len(nodes),
-        "hospitals_per_round": spec.fixed_train_size or max(int(len(nodes) * spec.fraction_train),
-                                                            spec.min_train_nodes), "num_rounds": num_rounds, "start_round": start_round,
-        "resumed_from": ckpt["path"] if ckpt else "", "parameter_counts": codec.parameter_counts(),
-        "subset_parameters": int(sum(v.numel() for v in subset.values())),
-        "subset_state_bytes": subset_raw, "full_codec_state_bytes": full_bytes,
-        "central_dp": spec.central_dp, "sample_dp": C.get(rc, "sample-dp.enabled"),
-        "run_config": {k: rc.get(k, v) for k, v in C.DEFAULTS.items()},
-    }
-    if spec.central_dp:
-        run_info["central_dp_noise"] = central_dp_noise_scale(
-            spec.dp_noise_multiplier, spec.dp_clipping_norm, run_info["hospitals_per_round"],
-            run_info["subset_parameters"])
-    write_json(out_dir / "run.json", run_info)
-    say(f"fedcodec federation: {len(nodes)} hospital(s) connected, strategy {spec.name}, groups "
-        f"{','.join(groups)}, subset {run_info['subset_parameters']} parameters = {subset_raw / 1024:.1f} KB "
-        f"({100 * subset_raw / full_bytes:.2f}% of the full codec's {full_bytes / 1024:.0f} KB), base "
-        f"{base_hash[:16]}...")
-    if spec.central_dp:
-        say(f"fedcodec federation: central DP on (noise multiplier {spec.dp_noise_multiplier}, clipping norm "
-            f"{spec.dp_clipping_norm}, delta {spec.dp_delta}, budget {spec.dp_max_epsilon or 'none'})")
-        scale = run_info["central_dp_noise"]
-        say(f"fedcodec federation: central DP noise std {scale['noise_std_per_coordinate']:.4g} per coordinate, "
-            f"expected noise norm {scale['noise_to_update_ratio']:.2f}x the clipping norm on the mean update of "
-            f"{run_info['hospitals_per_round']} hospital(s)")
-        if scale["noise_to_update_ratio"] > 1.0:
-            log.warning("central DP: the noise on the mean update is %.1fx larger than the largest possible update "
-                        "(%d hospitals per round, %d subset parameters); expect the adapted codec to degrade. About "
-                        "%d hospitals per round would bring it to 1x at this noise multiplier.",
-                        scale["noise_to_update_ratio"], run_info["hospitals_per_round"],
-                        run_info["subset_parameters"], scale["hospitals_for_ratio_1"])
-    if C.get(rc, "sample-dp.enabled"):
-        say(f"fedcodec federation: sample-level DP-SGD on at every hospital (noise multiplier "
-            f"{C.get(rc, 'sample-dp.noise-multiplier')}, max grad norm {C.get(rc, 'sample-dp.max-grad-norm')}, "
-            f"delta {C.get(rc, 'sample-dp.delta')})")
-
-    arrays = subset_to_arrays(subset)
-    base_cfg = {"base-hash": base_hash, "groups": ",".join(groups)}
-    train_cfg = dict(base_cfg, **{"equal-weights": bool(spec.central_dp)})
-    if C.get(rc, "sample-dp.enabled") and start_round > 1:
-        train_cfg["sample-dp.prior-rounds"] = start_round - 1
-    timeout = float(C.get(rc, "round-timeout"))
-    meta = {"base_hash": base_hash, "groups": list(groups), "run_id": run_id, "strategy": spec.name}
-
-    say("")
-    say(format_header())
-    for r in rows:
-        say(format_row(r) + "   (from checkpoint)")
-
-    def evaluate(server_round: int, arrs: ArrayRecord) -> Any:
-        msgs = list(strategy.configure_evaluate(server_round, arrs, ConfigRecord(dict(base_cfg)), grid))
-        if not msgs:
-            return None
-        return strategy.aggregate_evaluate(server_round, grid.send_and_receive(msgs, timeout=timeout))
-
-    if start_round == 1 and C.get(rc, "evaluate-before") and not rows:
-        t0 = time.perf_counter()
-        em = evaluate(0, arrays)
-        rows.append(make_row(0, strategy, None, em, time.perf_counter() - t0))
-        say(format_row(rows[-1]))
-        write_metrics(out_dir, run_info, rows, {})
-
-    stop_reason = ""
-    last_round = start_round - 1
-    for server_round in range(start_round, num_rounds + 1):
-        t0 = time.perf_counter()
-        try:
-            messages = list(strategy.configure_train(server_round, arrays, ConfigRecord(dict(train_cfg)), grid))
-        except PrivacyBudgetExhausted as exc:
-            stop_reason = f"privacy budget reached before round {server_round}: {exc}"
-            say(f"fedcodec federation: stopping: {stop_reason}")
-            break
-        replies = grid.send_and_receive(messages, timeout=timeout) if messages else []
-        new_arrays, tm = strategy.aggregate_train(server_round, replies)
-        if new_arrays is not None:
-            arrays = new_arrays
-        em = evaluate(server_round, arrays)
-        row = make_row(server_round, strategy, tm, em, time.perf_counter() - t0)
-        rows.append(row)
-        last_round = server_round
-        say(format_row(row) + (f"   {row['skipped_reason']}" if row["skipped_reason"] else ""))
-        for rej in row["rejections"]:
-            say(f"      dropped the update of node {rej['node']}: {rej['reason']}")
-        for fail in row["failures"]:
-            say(f"      node {fail['node']} failed: {fail['reason']}")
-        subset = arrays_to_subset(arrays)
-        ckpt_path = save_checkpoint(out_dir / "checkpoints" / f"round-{server_round:04d}.pt", server_round, subset,
-                                    strategy, rows, meta)
-        shutil.copyfile(ckpt_path, out_dir / "checkpoints" / ".latest.tmp")
-        (out_dir / "checkpoints" / ".latest.tmp").replace(out_dir / "checkpoints" / "latest.pt")
-        write_metrics(out_dir, run_info, rows, {})
-
-    subset = arrays_to_subset(arrays)
-    export_path = None
-    if C.get(rc, "export"):
-        export_path = export_codec(codec, subset, groups, out_dir / "adapted_codec.pt",
-                                   meta={**meta, "rounds": last_round, "kind": "federated-adaptation"},
-                                   overwrite=resuming_here)
-    summary = summarize(rows, run_info, strategy, stop_reason, export_path, time.perf_counter() - t_run)
-    write_metrics(out_dir, run_info, rows, summary)
-    say("")
-    say(summary_text(summary))
-    return summary
-
-
-def summarize(rows: list[dict], run_info: Mapping[str, Any], strategy: ValidatedStrategy, stop_reason: str,
+def summarize(rows: list[dict], run_info: Mapping[str, Any], strategy: SubsetStrategy, stop_reason: str,
               export_path: Path | None, seconds: float) -> dict:
     trained = [r for r in rows if r["round"] > 0]
     evals = [r for r in rows if r.get("eval_dice") is not None]
@@ -538,3 +652,24 @@ def summary_text(s: Mapping[str, Any]) -> str:
         lines.append(f"  adapted codec: {s['exported_codec']}")
     lines.append(f"  metrics: {Path(s['out_dir']) / 'metrics.json'}, {Path(s['out_dir']) / 'metrics.csv'}")
     return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+
+
+def say(text: str = "") -> None:
+    """Print to stdout (captured into the run's log by ``flwr run --stream`` / ``flwr log``)."""
+    print(text, flush=True)
+
+
+def state_dict_bytes(state: Mapping[str, torch.Tensor]) -> int:
+    """Raw tensor bytes of a state dict."""
+    return int(sum(v.numel() * v.element_size() for v in state.values()))
+
+
+def subset_to_arrays(subset: Mapping[str, torch.Tensor]) -> ArrayRecord:
+    return ArrayRecord({k: Array(v.detach().cpu().contiguous().numpy()) for k, v in subset.items()})
+
+
+def arrays_to_subset(arrays: ArrayRecord) -> dict[str, torch.Tensor]:
+    return {k: torch.from_numpy(np.array(arrays[k].numpy())) for k in arrays.keys()}

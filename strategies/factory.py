@@ -1,29 +1,29 @@
-"""Subset-aware strategies built on ``flwr.serverapp.strategy``, and their checkpointable state.
+"""Subset-aware strategies built from ``flwr.serverapp.strategy`` by composition, and their checkpointable state.
 
 The Flower strategies aggregate an ArrayRecord key by key, so they work on the adaptable subset unchanged as
-long as the server seeds them with the subset (never the full codec). What this module adds:
+long as the server seeds them with the subset (never the full codec). :func:`build_strategy` stacks three
+layers, each an unmodified object, and names every layer on the result (:class:`SubsetStrategy`)::
 
-- a fixed per-round sample size (:class:`FixedSampleMixin`): central DP accounting needs exactly
-  ``num_sampled_clients`` messages per round, whereas FedAvg recomputes the size from the nodes connected
-  at that moment;
+    SubsetStrategy (= strategies.validated.ValidatedStrategy: validates every reply, outermost)
+      -> DifferentialPrivacyClientSideFixedClipping (Flower's central DP + RDP accountant; optional)
+        -> FedAvg | FedProx | FedAdam | FedMedian | FedTrimmedAvg | Krum (Flower's, aggregation and sampling)
+
+- a fixed per-round sample size (:func:`flower_sampling`): central DP accounting needs exactly
+  ``num_sampled_clients`` messages per round, whereas FedAvg samples a fraction of the nodes connected at that
+  moment; the size is expressed through FedAvg's own public sampling arguments, so no strategy is subclassed;
 - train-metric aggregation that keeps the worst (largest) client epsilon instead of averaging it;
-- :func:`build_strategy`: one of ``fedavg``, ``fedprox``, ``fedadam``, ``median``, ``trimmed-mean``,
-  ``krum``, optionally inside Flower's client-side fixed-clipping central-DP wrapper with an RDP accountant,
-  always inside :class:`strategies.validated.ValidatedStrategy`;
 - :func:`strategy_state` / :func:`load_strategy_state`: FedAdam moments and the privacy accountant, for
-  checkpoints and resume.
+  checkpoints and resume, read from the named layers (nothing is unwrapped by probing attributes).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
-from flwr.serverapp import Grid, NeighboringRelation, PrivacyConfig, SamplingMethod
+from flwr.serverapp import NeighboringRelation, PrivacyConfig, RdpAccountant, SamplingMethod
 from flwr.serverapp.strategy import (
     DifferentialPrivacyClientSideFixedClipping,
     FedAdam,
@@ -32,9 +32,7 @@ from flwr.serverapp.strategy import (
     FedProx,
     FedTrimmedAvg,
     Krum,
-    Strategy,
 )
-from flwr.serverapp.strategy.strategy_utils import sample_nodes
 
 from strategies.metrics import aggregate_evaluate_metrics, aggregate_train_metrics
 from strategies.validated import ValidatedStrategy
@@ -44,73 +42,10 @@ log = logging.getLogger("flwr.fedcodec.strategies")
 STRATEGIES = ("fedavg", "fedprox", "fedadam", "median", "trimmed-mean", "krum")
 #: Strategies whose aggregation is FedAvg's own (the only ones Flower's DP accounting accepts).
 DP_COMPATIBLE = ("fedavg", "fedprox")
-
-
-# ---------------------------------------------------------------------------------------------- sampling
-
-
-class FixedSampleMixin(FedAvg):
-    """FedAvg sampling, or exactly ``fixed_train_size`` / ``fixed_evaluate_size`` nodes when set.
-
-    It overrides only ``configure_train``/``configure_evaluate``; ``aggregate_train`` stays FedAvg's (or the
-    concrete strategy's), which Flower's accounted DP wrapper checks.
-    """
-
-    fixed_train_size: int | None = None
-    fixed_evaluate_size: int | None = None
-
-    def _sample(self, grid: Grid, fraction: float, minimum: int, fixed: int | None) -> list[int]:
-        if fixed is None:
-            size = max(int(len(list(grid.get_node_ids())) * fraction), minimum)
-        else:
-            size = fixed
-        node_ids, _ = sample_nodes(grid, self.min_available_nodes, size)
-        return node_ids
-
-    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                        grid: Grid) -> Iterable[Message]:
-        if self.fraction_train == 0.0:
-            return []
-        node_ids = self._sample(grid, self.fraction_train, self.min_train_nodes, self.fixed_train_size)
-        config["server-round"] = server_round
-        record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
-        return self._construct_messages(record, node_ids, MessageType.TRAIN)
-
-    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                           grid: Grid) -> Iterable[Message]:
-        if self.fraction_evaluate == 0.0:
-            return []
-        node_ids = self._sample(grid, self.fraction_evaluate, self.min_evaluate_nodes, self.fixed_evaluate_size)
-        config["server-round"] = server_round
-        record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
-        return self._construct_messages(record, node_ids, MessageType.EVALUATE)
-
-
-class SubsetFedAvg(FixedSampleMixin):
-    """FedAvg over the adaptable subset."""
-
-
-class SubsetFedProx(FedProx, FixedSampleMixin):
-    """FedProx over the subset: sends ``proximal-mu``; the client adds the proximal term (``prox_mu``)."""
-
-
-class SubsetFedAdam(FedAdam, FixedSampleMixin):
-    """FedAdam (server-side Adam on the averaged subset update)."""
-
-
-class SubsetFedMedian(FedMedian, FixedSampleMixin):
-    """Coordinate-wise median of the subsets (robust)."""
-
-
-class SubsetFedTrimmedAvg(FedTrimmedAvg, FixedSampleMixin):
-    """Coordinate-wise trimmed mean of the subsets (robust)."""
-
-
-class SubsetKrum(Krum, FixedSampleMixin):
-    """Krum: keep the one subset closest to its neighbours (robust)."""
-
-
-# ---------------------------------------------------------------------------------------------- factory
+#: The ``name`` saved with a strategy's checkpoint state: the class names these strategies had when they were
+#: subclasses, kept so that checkpoints written before and after read alike (it appears only in messages).
+STATE_NAMES = {"fedavg": "SubsetFedAvg", "fedprox": "SubsetFedProx", "fedadam": "SubsetFedAdam",
+               "median": "SubsetFedMedian", "trimmed-mean": "SubsetFedTrimmedAvg", "krum": "SubsetKrum"}
 
 
 @dataclass
@@ -145,54 +80,106 @@ class StrategySpec:
     dp_population: int = 0            # number of hospitals in the federation (0 = the sample size)
 
 
-def build_strategy(spec: StrategySpec) -> ValidatedStrategy:
+# ---------------------------------------------------------------------------------------------- sampling
+
+#: A fraction that counts no node in any federation below a billion nodes (``int(connected * 1e-9) == 0``).
+NO_FRACTION = 1e-9
+
+
+def flower_sampling(fraction: float, minimum: int, fixed: int | None) -> tuple[float, int]:
+    """FedAvg's ``(fraction, minimum)`` sampling arguments that sample ``fixed`` nodes per round when it is set.
+
+    Every Flower FedAvg-family strategy samples ``max(int(connected * fraction), minimum)`` nodes (after waiting
+    until ``max(min_available_nodes, that size)`` are connected); a fraction of 0 skips the step. A fixed size
+    is that formula with the fraction term made zero and the minimum set to the size, so the strategies are
+    used as Flower ships them. Without a fixed size (or with a fraction of 0) the arguments pass unchanged.
+    """
+    if fixed is None or fraction == 0.0:
+        return fraction, minimum
+    return NO_FRACTION, int(fixed)
+
+
+# ---------------------------------------------------------------------------------------------- factory
+
+
+class SubsetStrategy(ValidatedStrategy):
+    """What :func:`build_strategy` returns: the validating wrapper, with each layer below it named.
+
+    Attributes:
+        aggregator: Flower's aggregation strategy (it samples the nodes and holds FedAdam's moments).
+        central_dp: Flower's client-side fixed-clipping DP wrapper around ``aggregator`` (with its RDP
+            accountant), or ``None`` without central DP.
+        state_name: the strategy's name in checkpoints (:data:`STATE_NAMES`).
+    """
+
+    def __init__(self, aggregator: FedAvg, central_dp: DifferentialPrivacyClientSideFixedClipping | None,
+                 state_name: str, **validation) -> None:
+        super().__init__(central_dp if central_dp is not None else aggregator, **validation)
+        self.aggregator = aggregator
+        self.central_dp = central_dp
+        self.state_name = state_name
+
+
+def aggregation_strategy(name: str, spec: StrategySpec) -> FedAvg:
+    """Flower's strategy ``name`` with the spec's sampling and aggregation settings and fedcodec's metric
+    aggregation (the worst client epsilon, total examples)."""
+    fraction_train, min_train = flower_sampling(spec.fraction_train, spec.min_train_nodes, spec.fixed_train_size)
+    fraction_evaluate, min_evaluate = flower_sampling(spec.fraction_evaluate, spec.min_evaluate_nodes,
+                                                      spec.fixed_evaluate_size)
+    common = dict(fraction_train=fraction_train, fraction_evaluate=fraction_evaluate, min_train_nodes=min_train,
+                  min_evaluate_nodes=min_evaluate, min_available_nodes=spec.min_available_nodes,
+                  train_metrics_aggr_fn=aggregate_train_metrics, evaluate_metrics_aggr_fn=aggregate_evaluate_metrics)
+    if name == "fedavg":
+        return FedAvg(**common)
+    if name == "fedprox":   # sends ``proximal-mu``; the client adds the proximal term
+        return FedProx(**common, proximal_mu=spec.proximal_mu)
+    if name == "fedadam":   # server-side Adam on the averaged subset update
+        return FedAdam(**common, eta=spec.fedadam_eta, eta_l=spec.fedadam_eta, beta_1=spec.fedadam_beta_1,
+                       beta_2=spec.fedadam_beta_2, tau=spec.fedadam_tau)
+    if name == "median":    # coordinate-wise median (robust)
+        return FedMedian(**common)
+    if name == "trimmed-mean":   # coordinate-wise trimmed mean (robust)
+        return FedTrimmedAvg(**common, beta=spec.trimmed_beta)
+    return Krum(**common, num_malicious_nodes=spec.krum_num_malicious)   # the one subset closest to its neighbours
+
+
+def central_dp_wrapper(name: str, aggregator: FedAvg,
+                       spec: StrategySpec) -> DifferentialPrivacyClientSideFixedClipping:
+    """Flower's client-side fixed-clipping central DP around ``aggregator``, with an RDP accountant."""
+    if name not in DP_COMPATIBLE:
+        raise ValueError(f"central DP with privacy accounting needs FedAvg aggregation; strategy {name!r} "
+                         f"is not supported with it (use {' or '.join(DP_COMPATIBLE)})")
+    if not spec.fixed_train_size:
+        raise ValueError("central DP needs a fixed number of hospitals per round (fixed_train_size)")
+    accountant = RdpAccountant(PrivacyConfig(
+        target_delta=spec.dp_delta, population_size=max(spec.dp_population, spec.fixed_train_size),
+        neighboring_relation=NeighboringRelation.ADD_OR_REMOVE_ONE,
+        sampling_method=SamplingMethod.NO_AMPLIFICATION,
+        max_epsilon=spec.dp_max_epsilon if spec.dp_max_epsilon and spec.dp_max_epsilon > 0 else None))
+    return DifferentialPrivacyClientSideFixedClipping(
+        aggregator, noise_multiplier=spec.dp_noise_multiplier, clipping_norm=spec.dp_clipping_norm,
+        num_sampled_clients=spec.fixed_train_size, accountant=accountant)
+
+
+def update_norm_bound(spec: StrategySpec) -> float | None:
+    """The bound on a reply's update norm: the configured one, and with central DP at most the clipping norm
+    (clients clip their update to it, so anything larger did not clip and is rejected)."""
+    if not spec.central_dp:
+        return spec.max_update_norm
+    bound = spec.dp_clipping_norm * (1 + 1e-4) + 1e-6
+    return min(spec.max_update_norm, bound) if spec.max_update_norm else bound
+
+
+def build_strategy(spec: StrategySpec) -> SubsetStrategy:
     """Build the configured strategy: aggregation, optional central DP, always validation outermost."""
     name = spec.name.lower().strip()
     if name not in STRATEGIES:
         raise ValueError(f"unknown strategy {spec.name!r}; choose one of {', '.join(STRATEGIES)}")
-    common = dict(fraction_train=spec.fraction_train, fraction_evaluate=spec.fraction_evaluate,
-                  min_train_nodes=spec.min_train_nodes, min_evaluate_nodes=spec.min_evaluate_nodes,
-                  min_available_nodes=spec.min_available_nodes, train_metrics_aggr_fn=aggregate_train_metrics,
-                  evaluate_metrics_aggr_fn=aggregate_evaluate_metrics)
-    if name == "fedavg":
-        base: FixedSampleMixin = SubsetFedAvg(**common)
-    elif name == "fedprox":
-        base = SubsetFedProx(**common, proximal_mu=spec.proximal_mu)
-    elif name == "fedadam":
-        base = SubsetFedAdam(**common, eta=spec.fedadam_eta, eta_l=spec.fedadam_eta, beta_1=spec.fedadam_beta_1,
-                             beta_2=spec.fedadam_beta_2, tau=spec.fedadam_tau)
-    elif name == "median":
-        base = SubsetFedMedian(**common)
-    elif name == "trimmed-mean":
-        base = SubsetFedTrimmedAvg(**common, beta=spec.trimmed_beta)
-    else:
-        base = SubsetKrum(**common, num_malicious_nodes=spec.krum_num_malicious)
-    base.fixed_train_size = spec.fixed_train_size
-    base.fixed_evaluate_size = spec.fixed_evaluate_size
-
-    inner: Strategy = base
-    max_norm = spec.max_update_norm
-    if spec.central_dp:
-        if name not in DP_COMPATIBLE:
-            raise ValueError(f"central DP with privacy accounting needs FedAvg aggregation; strategy {name!r} "
-                             f"is not supported with it (use {' or '.join(DP_COMPATIBLE)})")
-        if not spec.fixed_train_size:
-            raise ValueError("central DP needs a fixed number of hospitals per round (fixed_train_size)")
-        from flwr.serverapp import RdpAccountant
-
-        accountant = RdpAccountant(PrivacyConfig(
-            target_delta=spec.dp_delta, population_size=max(spec.dp_population, spec.fixed_train_size),
-            neighboring_relation=NeighboringRelation.ADD_OR_REMOVE_ONE,
-            sampling_method=SamplingMethod.NO_AMPLIFICATION,
-            max_epsilon=spec.dp_max_epsilon if spec.dp_max_epsilon and spec.dp_max_epsilon > 0 else None))
-        inner = DifferentialPrivacyClientSideFixedClipping(
-            base, noise_multiplier=spec.dp_noise_multiplier, clipping_norm=spec.dp_clipping_norm,
-            num_sampled_clients=spec.fixed_train_size, accountant=accountant)
-        # Clients clip their update to the clipping norm: anything larger did not clip and is rejected.
-        bound = spec.dp_clipping_norm * (1 + 1e-4) + 1e-6
-        max_norm = min(max_norm, bound) if max_norm else bound
-    return ValidatedStrategy(inner, max_update_norm=max_norm, min_valid_replies=spec.min_valid_replies,
-                             max_examples=spec.max_examples, equal_weights=spec.equal_weights or spec.central_dp)
+    aggregator = aggregation_strategy(name, spec)
+    central_dp = central_dp_wrapper(name, aggregator, spec) if spec.central_dp else None
+    return SubsetStrategy(aggregator, central_dp, STATE_NAMES[name], max_update_norm=update_norm_bound(spec),
+                          min_valid_replies=spec.min_valid_replies, max_examples=spec.max_examples,
+                          equal_weights=spec.equal_weights or spec.central_dp)
 
 
 def central_dp_noise_scale(noise_multiplier: float, clipping_norm: float, hospitals_per_round: int,
@@ -218,35 +205,29 @@ def central_dp_noise_scale(noise_multiplier: float, clipping_norm: float, hospit
 # ---------------------------------------------------------------------------------------------- state
 
 
-def base_strategy(strategy: Strategy) -> Strategy:
+def base_strategy(strategy: SubsetStrategy) -> FedAvg:
     """The innermost (aggregating) strategy below the validation and DP wrappers."""
-    while hasattr(strategy, "strategy") and isinstance(strategy.strategy, Strategy):
-        strategy = strategy.strategy
-    return strategy
+    return strategy.aggregator
 
 
-def dp_wrapper(strategy: Strategy) -> DifferentialPrivacyClientSideFixedClipping | None:
+def dp_wrapper(strategy: SubsetStrategy) -> DifferentialPrivacyClientSideFixedClipping | None:
     """The central-DP wrapper inside ``strategy``, if any."""
-    while strategy is not None:
-        if isinstance(strategy, DifferentialPrivacyClientSideFixedClipping):
-            return strategy
-        strategy = getattr(strategy, "strategy", None)
-    return None
+    return strategy.central_dp
 
 
-def privacy_spent(strategy: Strategy) -> dict | None:
+def privacy_spent(strategy: SubsetStrategy) -> dict | None:
     """``{"epsilon", "delta", "releases"}`` of the central-DP accountant, or None without central DP."""
     dp = dp_wrapper(strategy)
-    if dp is None or dp.accountant is None:
+    spent = dp.privacy_spent() if dp is not None else None
+    if spent is None:
         return None
-    spent = dp.accountant.get_privacy_spent()
     return {"epsilon": float(spent.epsilon), "delta": float(spent.delta), "releases": int(spent.num_releases)}
 
 
-def strategy_state(strategy: Strategy) -> dict:
+def strategy_state(strategy: SubsetStrategy) -> dict:
     """Checkpointable state: FedAdam/FedOpt moments (as float arrays) and the DP accountant (JSON)."""
     base = base_strategy(strategy)
-    state: dict = {"name": type(base).__name__}
+    state: dict = {"name": strategy.state_name}
     for attr in ("m_t", "v_t"):
         value = getattr(base, attr, None)
         if value:
@@ -257,14 +238,14 @@ def strategy_state(strategy: Strategy) -> dict:
     return state
 
 
-def load_strategy_state(strategy: Strategy, state: dict) -> None:
+def load_strategy_state(strategy: SubsetStrategy, state: dict) -> None:
     """Restore what :func:`strategy_state` saved (raises ValueError on a mismatching strategy or accountant)."""
     base = base_strategy(strategy)
     for attr in ("m_t", "v_t"):
         if attr in state:
             if not hasattr(base, attr):
                 raise ValueError(f"the checkpoint holds {state.get('name', 'FedOpt')} moments ({attr}) that the "
-                                 f"configured {type(base).__name__} cannot use; resume with the same strategy")
+                                 f"configured {strategy.state_name} cannot use; resume with the same strategy")
             setattr(base, attr, {k: np.asarray(v) for k, v in state[attr].items()})
     dp = dp_wrapper(strategy)
     if "accountant" in state:

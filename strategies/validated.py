@@ -258,6 +258,7 @@ class ValidatedStrategy(Strategy):
         configure of the same round number would fail.
         """
         inner = self.strategy
+        # Private: Flower's DP wrapper has no public way to drop the event of a round that released nothing.
         pending = getattr(inner, "_pending_events", None)
         if isinstance(pending, dict):
             pending.pop(server_round, None)
