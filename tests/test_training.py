@@ -154,7 +154,7 @@ def test_task_network_files(tmp_path):
     x = torch.rand(1, 1, 64, 64)
     assert torch.allclose(loaded(x), net(x), atol=1e-5)
     (tmp_path / "bad.pt").write_text("not torchscript")
-    with pytest.raises(ModelFileError, match="not a TorchScript"):
+    with pytest.raises(ModelFileError, match="not a task network"):
         load_task_network(tmp_path / "bad.pt")
     scripted = torch.jit.trace(torch.nn.Flatten(), torch.rand(1, 1, 64, 64))
     torch.jit.save(scripted, str(tmp_path / "flat.pt"))
