@@ -97,22 +97,31 @@ def is_safetensors_file(path: str | Path) -> bool:
     return 2 <= n <= size - 8 and head[8:9] == b"{"
 
 
-def _read_safetensors_codec(path: Path) -> dict:
+def read_safetensors(path: str | Path, fmt: str, version: str, what: str,
+                     readable: str = "") -> tuple[dict, dict]:
+    """Read a fedcodec safetensors file: ``(header metadata, state dict)``, its ``format`` tag and
+    ``format_version`` checked (``readable`` says which versions, in the error). Raises
+    :class:`ModelFileError` naming ``what`` for anything else. Codec and task-network files share it."""
     from safetensors import SafetensorError, safe_open
     from safetensors.torch import load_file
 
-    what = "codec file"
     try:
         with safe_open(str(path), framework="pt") as f:
             header = f.metadata() or {}
         state = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as exc:
         raise ModelFileError(f"{path} is not a fedcodec {what} ({type(exc).__name__}: {exc})") from exc
-    if header.get("format") != CODEC_FORMAT:
-        raise ModelFileError(f"{path} is not a fedcodec {what} (no '{CODEC_FORMAT}' format tag)")
-    if header.get("format_version") != str(CODEC_FORMAT_VERSION):
+    if header.get("format") != fmt:
+        raise ModelFileError(f"{path} is not a fedcodec {what} (no '{fmt}' format tag)")
+    if header.get("format_version") != version:
         raise ModelFileError(f"{path}: unsupported {what} version {header.get('format_version')} "
-                             f"(this fedcodec reads versions {TORCH_CODEC_FORMAT_VERSION} and {CODEC_FORMAT_VERSION})")
+                             f"(this fedcodec reads {readable or 'version ' + version})")
+    return header, state
+
+
+def _read_safetensors_codec(path: Path) -> dict:
+    header, state = read_safetensors(path, CODEC_FORMAT, str(CODEC_FORMAT_VERSION), "codec file",
+                                     f"versions {TORCH_CODEC_FORMAT_VERSION} and {CODEC_FORMAT_VERSION}")
     try:
         config, meta = json.loads(header["config"]), json.loads(header.get("meta") or "{}")
     except (KeyError, ValueError) as exc:

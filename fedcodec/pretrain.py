@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT = "checkpoint.pt"
 CHECKPOINT_FORMAT = "fedcodec-pretrain-checkpoint"
+CHECKPOINT_VERSION = 1
 #: Settings a resumed chunk may change: where it runs, not what it trains.
 RUNTIME_KEYS = ("device", "bf16")
 
@@ -299,16 +300,12 @@ def _write_rows(path: Path, rows: list[dict]) -> None:
 
 def read_checkpoint(out_dir: str | Path) -> dict:
     """Load ``out_dir/checkpoint.pt`` (tensors and plain data only: ``weights_only=True``)."""
+    from fedcodec.model_io import read_tagged_file
+
     path = Path(out_dir) / CHECKPOINT
     if not path.is_file():
         raise ModelFileError(f"no pretraining checkpoint to resume in {out_dir} (expected {path.name})")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ModelFileError(f"{path} is not a readable pretraining checkpoint ({type(exc).__name__})") from exc
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise ModelFileError(f"{path} is not a fedcodec pretraining checkpoint")
-    return ckpt
+    return read_tagged_file(path, CHECKPOINT_FORMAT, CHECKPOINT_VERSION, "pretraining checkpoint")
 
 
 def pretrain(config: PretrainConfig | None, out_dir: str | Path, task_net: torch.nn.Module | None = None,
@@ -419,7 +416,8 @@ def pretrain(config: PretrainConfig | None, out_dir: str | Path, task_net: torch
         log.info("pretrain: resumed %s at step %d/%d", out_dir, first_step - 1, config.steps)
 
     def save_checkpoint(step: int) -> None:
-        state = {"format": CHECKPOINT_FORMAT, "config": asdict(config), "step": step,
+        state = {"format": CHECKPOINT_FORMAT, "format_version": CHECKPOINT_VERSION, "config": asdict(config),
+                 "step": step,
                  "codec": {k: v.detach().cpu() for k, v in codec.state_dict().items()},
                  "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                  "aux_optimizer": aux_opt.state_dict(), "rng": _rng_state(rng, device), "rows": rows, "best": best}

@@ -94,28 +94,13 @@ TASK_FORMAT = "fedcodec-task"
 TASK_FORMAT_VERSION = "1"
 
 
-def _is_safetensors(path: Path) -> bool:
-    with open(path, "rb") as f:
-        head = f.read(9)
-    return len(head) == 9 and 2 <= int.from_bytes(head[:8], "little") < path.stat().st_size and head[8:9] == b"{"
-
-
 def _load_monai_network(path: Path) -> nn.Module:
     """A MONAI network saved by :func:`save_task_network`: its config in the safetensors header, its weights."""
     import json
 
-    from safetensors import SafetensorError, safe_open
-    from safetensors.torch import load_file
+    from fedcodec.model_io import read_safetensors  # imported here: model_io imports this module
 
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-        state = load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise ModelFileError(f"{path} is not a readable task network ({type(exc).__name__}: {exc})") from exc
-    if meta.get("format") != TASK_FORMAT or meta.get("format_version") != TASK_FORMAT_VERSION:
-        raise ModelFileError(f"{path} is not a fedcodec task network (format {meta.get('format')!r} version "
-                             f"{meta.get('format_version')!r}; this fedcodec reads {TASK_FORMAT} {TASK_FORMAT_VERSION})")
+    meta, state = read_safetensors(path, TASK_FORMAT, TASK_FORMAT_VERSION, "task network")
     try:
         cfg = json.loads(meta["config"])
         net = build_task_network(cfg["features"], int(cfg["out_channels"]), arch=cfg["arch"])
@@ -132,7 +117,9 @@ def load_task_network(path: str | Path) -> nn.Module:
     path = Path(path)
     if not path.is_file():
         raise ModelFileError(f"task network file not found: {path}")
-    if _is_safetensors(path):
+    from fedcodec.model_io import is_safetensors_file  # imported here: model_io imports this module
+
+    if is_safetensors_file(path):
         net = _load_monai_network(path)
     else:
         try:
