@@ -1,0 +1,229 @@
+#!/usr/bin/env python
+"""Held-out scoreboard of issue 9: does the codec beat x265 on data and segmenters it never saw?
+
+For every evaluation set, the hospital trains its OWN segmenter on its own uncompressed images (a
+configuration and seed that pretraining never used: a five-level MONAI UNet 8-16-32-64-128, seed 101; the
+pretraining ensemble has BasicUNets and a four-level UNet 16-128, seeds 11-13; ``--segmenter-arch`` picks another),
+then the codec is evaluated on held-out images with that segmenter, before and after ``fedcodec adapt``
+(K shots from another seed, held-out selection on), against x265 HEVC intra and OpenJPEG in the same run:
+
+- ``h0``: source-domain phantoms (hospital 0), no adaptation;
+- ``h1``: the shifted hospital 1, K=1 and K=8;
+- ``unseen``: a hospital whose shift was never used (hospital 777, drawn from its seed), K=1;
+- ``ct``: real CT, the artery classes of TotalSegmentator's held-out DICOM series as the task (needs
+  ``fedcodec datasets fetch totalsegmentator`` first; skipped with a note otherwise), K=1.
+
+Reported per set: BD-rate(Dice) vs x265 with the Dice interval, BD-rate(PSNR) vs x265, uncompressed Dice,
+top-quality Dice, bits at Dice within 0.01 of uncompressed against JPEG 2000's, and the hyper-latent share
+of the files per quality. Writes ``--out`` (results.json, scoreboard.csv, one plot per set) and the
+``heldout`` section of BENCHMARKS.md.
+
+Run from the repository root: ``python benchmarks/heldout.py [--model CODEC] [--sets h0,h1,unseen,ct]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import csv
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "benchmarks"))
+DEFAULT_OUT = REPO / "benchmarks" / "results" / "heldout"
+SECTION = "heldout"
+log = logging.getLogger("benchmarks.heldout")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default=None, help="codec file (default: the embedded default)")
+    p.add_argument("--label", default=None, help="name of the codec in the tables (default: the file name)")
+    p.add_argument("--sets", default="h0,h1,unseen,ct")
+    p.add_argument("--n", type=int, default=16, help="held-out images per set")
+    p.add_argument("--train-images", type=int, default=32, help="images the hospital trains its segmenter on")
+    p.add_argument("--segmenter-arch", default="unet", choices=("basicunet", "unet", "segresnet"))
+    p.add_argument("--segmenter-features", default="8,16,32,64,128", help="widths ('' = the architecture's)")
+    p.add_argument("--segmenter-seed", type=int, default=101)
+    p.add_argument("--segmenter-steps", type=int, default=600)
+    p.add_argument("--anchors", default="hevc,jpeg2000")
+    p.add_argument("--out", default=str(DEFAULT_OUT))
+    p.add_argument("--md", default=str(REPO / "BENCHMARKS.md"), help="BENCHMARKS.md to update ('' = none)")
+    p.add_argument("--quick", action="store_true", help="4 images, 100 segmenter steps; no BENCHMARKS.md")
+    return p.parse_args(argv)
+
+
+def _phantom_set(name: str, n: int, train_images: int):
+    from fedcodec.data import make_phantoms
+
+    hospital = {"h0": 0, "h1": 1, "unseen": 777}[name]
+    return (make_phantoms(train_images, seed=3000, hospital=hospital),   # the hospital's segmenter data
+            make_phantoms(8, seed=2000, hospital=hospital),              # annotated shots
+            make_phantoms(n, seed=1000, hospital=hospital))              # held-out evaluation images
+
+
+def _ct_set(n: int):
+    from fedcodec.data import load_samples
+    from fedcodec.data.datasets import cache_root
+
+    root = cache_root() / "totalsegmentator"
+    if not (root / "heldout").is_dir():
+        return None
+    train = load_samples(root / "train")
+    heldout = load_samples(root / "heldout")
+    shots = [s for s in train if s.mask is not None and s.mask.any()]
+    rng = np.random.default_rng(0)
+    shots = [shots[i] for i in rng.choice(len(shots), 8, replace=False)]
+    eval_idx = np.linspace(0, len(heldout) - 1, min(n, len(heldout))).round().astype(int)
+    return train, shots, [heldout[i] for i in eval_idx]
+
+
+def _segmenter(train, args, cache: Path):
+    """The hospital's own segmenter, trained on its uncompressed images (cached by set and settings)."""
+    from fedcodec.data import padded_arrays
+    from fedcodec.task_net import load_task_network, save_task_network, train_task_network
+
+    if cache.is_file():
+        return load_task_network(cache)
+    images, masks = padded_arrays(train, 128)
+    features = [int(f) for f in args.segmenter_features.split(",") if f] or None
+    net = train_task_network(images, masks, steps=args.segmenter_steps, seed=args.segmenter_seed,
+                             arch=args.segmenter_arch, features=features, progress=False)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    save_task_network(net, cache)
+    return net
+
+
+def hyper_share(codec, samples) -> list[dict]:
+    """Per quality: mean bytes of header, hyper-latent and latent, and the hyper-latent's share of the file."""
+    from fedcodec.bitstream import unpack
+    from fedcodec.coding import encode_image
+
+    rows = []
+    for q in range(codec.num_qualities):
+        parts = []
+        for s in samples:
+            data = encode_image(codec, s.image, q, s.window).data
+            _, z, y = unpack(data)
+            parts.append((len(data) - len(z) - len(y), len(z), len(y), len(data)))
+        h, z, y, t = np.mean(parts, axis=0)
+        rows.append({"quality": q + 1, "header_bytes": h, "z_bytes": z, "y_bytes": y, "total_bytes": t,
+                     "z_share": z / t})
+    return rows
+
+
+def run_set(name: str, codec, args, out: Path) -> dict:
+    from rate_task import add_bits_at_target
+
+    from fedcodec.adapt import AdaptConfig, adapt
+    from fedcodec.evaluate import add_bd_rates, evaluate_anchor, evaluate_codec, plot_results, uncompressed_dice
+
+    data = _ct_set(args.n) if name == "ct" else _phantom_set(name, args.n, args.train_images)
+    if data is None:
+        return {"set": name, "skipped": "run `fedcodec datasets fetch totalsegmentator` first"}
+    train, shots, heldout = data
+    t0 = time.perf_counter()
+    seg = _segmenter(train, args, out / "segmenters" /
+                     f"{name}_{args.segmenter_arch}{args.segmenter_features.replace(',', '-')}_{args.segmenter_seed}_"
+                     f"{args.segmenter_steps}_{len(train)}.pt")
+    res: dict[str, Any] = {"set": name, "images": len(heldout), "segmenter": {
+        "arch": args.segmenter_arch, "features": args.segmenter_features, "seed": args.segmenter_seed, "steps": args.segmenter_steps,
+        "train_images": len(train)}, "uncompressed_dice": uncompressed_dice(seg, heldout), "codecs": {}}
+    log.info("%s: own segmenter ready (%.0f s), uncompressed Dice %.3f", name, time.perf_counter() - t0,
+             res["uncompressed_dice"])
+    for anchor in [a for a in args.anchors.split(",") if a]:
+        res["codecs"][anchor] = {"points": evaluate_anchor(anchor, seg, heldout)}
+    res["codecs"]["pretrained"] = {"points": evaluate_codec(codec, seg, heldout), "kind": "learned"}
+    ks = {"h0": [], "h1": [1, 8], "unseen": [1], "ct": [1]}[name]
+    for k in ks:
+        adapted = copy.deepcopy(codec)
+        r = adapt(adapted, seg, shots[:k], AdaptConfig(device="cpu"))
+        res["codecs"][f"K{k}"] = {"points": evaluate_codec(adapted, seg, heldout), "kind": "learned",
+                                  "selection": r.reason,
+                                  "kept": r.metrics.get("kept")}
+    add_bd_rates(res)
+    add_bits_at_target(res, 0.01)
+    res["hyper_latent"] = hyper_share(codec, heldout[:4])
+    res["seconds"] = round(time.perf_counter() - t0, 1)
+    res["title"] = f"{name}: own {args.segmenter_arch} segmenter, {len(heldout)} held-out images"
+    plot_results(res, out / f"rate_dice_{name}.png")
+    return res
+
+
+def markdown(results: dict) -> str:
+    lines = [f"Held-out scoreboard (issue 9), codec `{results['label']}`, {results['date']}, commit "
+             f"{results['commit']}; each hospital's OWN segmenter ({results['segmenter']}, never used in "
+             "pretraining) on held-out images; BD-rate against x265 in the same run (negative = fewer bits).", "",
+             "| set | uncompressed Dice | codec | BD-rate Dice vs x265 | Dice interval | BD-rate PSNR vs x265 | "
+             "top-quality Dice | bits at Dice-0.01 vs JPEG 2000 |", "|---|---|---|---|---|---|---|---|"]
+    for r in results["sets"]:
+        if "skipped" in r:
+            lines.append(f"| {r['set']} | skipped: {r['skipped']} | | | | | | |")
+            continue
+        bat = r["bits_at_target"]["codecs"]
+        for name, e in r["codecs"].items():
+            if name in ("hevc",):
+                continue
+            bd, iv = e.get("bd_rate_vs_hevc"), e.get("bd_rate_vs_hevc_interval")
+            bdp = e.get("bd_rate_psnr_vs_hevc")
+            ratio = bat.get(name, {}).get("ratio_vs_jpeg2000_interpolated")
+            lines.append(f"| {r['set']} | {r['uncompressed_dice']:.3f} | {name} | "
+                         f"{'n/a' if bd is None else f'{bd:+.1f} %'} | "
+                         f"{'' if not iv else f'{iv[0]:.3f}-{iv[1]:.3f}'} | "
+                         f"{'n/a' if bdp is None else f'{bdp:+.1f} %'} | {e['points'][-1]['dice']:.3f} | "
+                         f"{'n/a' if ratio is None else f'{1 / ratio:.2f}x'} |")
+    first = next((r for r in results["sets"] if "hyper_latent" in r), None)
+    if first:
+        lines += ["", f"Hyper-latent share of the file ({first['set']}, 256x256): " + ", ".join(
+            f"q{h['quality']} {100 * h['z_share']:.0f} % ({h['z_bytes']:.0f} of {h['total_bytes']:.0f} B)"
+            for h in first["hyper_latent"])]
+    lines += ["", f"Reproduce: `{results['command']}` ({results['seconds'] / 60:.0f} min on this machine)."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.quick:
+        args.n, args.segmenter_steps, args.train_images, args.md = 4, 100, 8, ""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    from rate_task import _git_commit, command_line, update_section
+
+    from fedcodec.model_io import load_codec
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    codec = load_codec(args.model)
+    start = time.perf_counter()
+    results = {"label": args.label or (Path(args.model).name if args.model else "embedded default"),
+               "model_id": codec.identity_hash()[:12], "config": codec.config,
+               "date": time.strftime("%Y-%m-%d"), "commit": _git_commit(), "command": command_line(),
+               "segmenter": f"{args.segmenter_arch} {args.segmenter_features} seed {args.segmenter_seed}, "
+                            f"{args.segmenter_steps} steps",
+               "sets": []}
+    for name in [s for s in args.sets.split(",") if s]:
+        results["sets"].append(run_set(name, codec, args, out))
+        results["seconds"] = round(time.perf_counter() - start, 1)
+        (out / "results.json").write_text(json.dumps(results, indent=2, default=float))
+    with open(out / "scoreboard.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["set", "codec", "bd_rate_dice_vs_hevc", "dice_lo", "dice_hi", "bd_rate_psnr_vs_hevc"])
+        for r in results["sets"]:
+            for name, e in r.get("codecs", {}).items():
+                iv = e.get("bd_rate_vs_hevc_interval") or [None, None]
+                w.writerow([r["set"], name, e.get("bd_rate_vs_hevc"), iv[0], iv[1], e.get("bd_rate_psnr_vs_hevc")])
+    md = markdown(results)
+    print(md)
+    if args.md:
+        update_section(args.md, SECTION, md)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
