@@ -37,16 +37,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from fedcodec.bitstream import _varint  # noqa: E402  (the container's own varint)
+
 KINDS = ("payload", "bitflip", "truncate", "header", "tiles")
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, n = n & 0x7F, n >> 7
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
 
 
 def _recrc(body: bytes) -> bytes:
