@@ -93,6 +93,9 @@ class BitAllocation:
         """Scalars for a report: sizes, estimated vs real latent bits, policy-gain range."""
         return {"width": self.header.width, "height": self.header.height, "quality": self.header.quality + 1,
                 "total_bytes": self.total_bytes, "y_bytes": self.y_bytes, "z_bytes": self.z_bytes,
+                # container: header, the z length field and the checksum
+                "header_bytes": self.total_bytes - self.y_bytes - self.z_bytes,
+                "z_share": self.z_bytes / self.total_bytes,
                 "bpp": 8 * self.total_bytes / (self.header.width * self.header.height),
                 "y_bits_estimated": float(self.bits.sum()), "y_bits_written": 8 * self.y_bytes,
                 "policy_gain_min": float(self.policy_gain.min()), "policy_gain_max": float(self.policy_gain.max()),

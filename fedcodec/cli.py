@@ -587,7 +587,8 @@ def cmd_inspect(args: argparse.Namespace) -> None:
     plot_allocation(alloc, check_new_output(out, args.overwrite), mask=mask, title=path.name)
     write_json(out_json, report)
     print(f"{path}: {h.width}x{h.height}, quality {h.quality + 1}, {alloc.total_bytes} bytes ({report['bpp']:.4f} "
-          f"bpp): latent {alloc.y_bytes} B, hyper-latent {alloc.z_bytes} B; policy gain "
+          f"bpp): header {report['header_bytes']} B, hyper-latent {alloc.z_bytes} B "
+          f"({100 * report['z_share']:.0f} %), latent {alloc.y_bytes} B; policy gain "
           f"{report['policy_gain_min']:.2f}-{report['policy_gain_max']:.2f}")
     if mask is not None:
         r = report["region"]
