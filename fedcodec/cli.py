@@ -179,6 +179,17 @@ def _read_bitstream(path: str | Path) -> bytes:
     return data
 
 
+def _model_for(model: str | None, data: bytes) -> str | Path | None:
+    """The codec that decodes ``data``: ``--model`` when given, else the embedded default, or the earlier
+    embedded default whose id the bitstream carries (streams written before the default changed)."""
+    if model is not None:
+        return model
+    from fedcodec.bitstream import unpack_tiles
+    from fedcodec.model_io import embedded_codec_for
+
+    return embedded_codec_for(unpack_tiles(data)[0].model_id)
+
+
 def _check_outputs(*paths: str | Path, overwrite: bool = False) -> list[Path]:
     """Every output (and file written beside it) must be a creatable file path that is free, or replaceable
     with ``--overwrite``; checked before any work so that a failure writes nothing."""
@@ -558,7 +569,8 @@ def cmd_decode(args: argparse.Namespace) -> None:
     from fedcodec.coding import decode_image
     from fedcodec.model_io import atomic_write_bytes, check_new_output, load_codec
 
-    image, header = decode_image(load_codec(args.model, args.device), data, task_ready=args.task_ready)
+    image, header = decode_image(load_codec(_model_for(args.model, data), args.device), data,
+                                 task_ready=args.task_ready)
     buf = io.BytesIO()
     Image.fromarray(image).save(buf, format="PNG")
     atomic_write_bytes(check_new_output(out, args.overwrite), buf.getvalue())
@@ -577,7 +589,7 @@ def cmd_inspect(args: argparse.Namespace) -> None:
     from fedcodec.data import read_mask
     from fedcodec.model_io import check_new_output, load_codec, write_json
 
-    alloc = bit_allocation(load_codec(args.model), data)
+    alloc = bit_allocation(load_codec(_model_for(args.model, data)), data)
     h = alloc.header
     mask = read_mask(args.mask, (h.height, h.width)) if args.mask else None
     report: dict[str, Any] = {"input": str(path), "model": args.model or "embedded default",

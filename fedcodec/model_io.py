@@ -9,9 +9,10 @@ it runs no code. Codec files of version 1, a ``torch.save`` dict ``{"format", "f
 whatever the file name, the content decides. The entropy-coder tables are rebuilt on load
 (``update(force=True)``), so a file is valid whatever the state of its CDF buffers.
 
-The embedded default (``fedcodec/assets/default/``) holds ``codec.pt``, ``task.pt`` (TorchScript) and
-``pretrain.json`` (the command, seed and metrics that produced them). It is used whenever ``--model`` or
-``--task`` is omitted.
+The embedded default (``fedcodec/assets/default/``) holds ``codec.pt``, ``task.pt`` and ``pretrain.json``
+(the recipe, seeds and metrics that produced them). It is used whenever ``--model`` or ``--task`` is omitted.
+Earlier embedded defaults keep their codec under ``fedcodec/assets/default-DATE/`` so that the bitstreams they
+wrote still decode without ``--model`` (:func:`embedded_codec_for`).
 """
 
 from __future__ import annotations
@@ -32,9 +33,13 @@ from fedcodec.task_net import load_task_network, save_task_network
 CODEC_FORMAT = "fedcodec-codec"
 CODEC_FORMAT_VERSION = 2          # safetensors
 TORCH_CODEC_FORMAT_VERSION = 1    # the torch.save dict that earlier versions wrote (still read)
-DEFAULT_DIR = Path(__file__).parent / "assets" / "default"
+ASSETS_DIR = Path(__file__).parent / "assets"
+DEFAULT_DIR = ASSETS_DIR / "default"
 DEFAULT_CODEC = DEFAULT_DIR / "codec.pt"
 DEFAULT_TASK = DEFAULT_DIR / "task.pt"
+#: Codecs of earlier embedded defaults by the model id their bitstreams carry (the first 12 hex digits of the
+#: identity hash): a bitstream written with one of them decodes without ``--model``.
+PREVIOUS_DEFAULT_CODECS = {"d3afa89ddaaa": ASSETS_DIR / "default-2026-11-23" / "codec.pt"}
 
 
 def check_new_output(path: str | Path, overwrite: bool = False) -> Path:
@@ -190,6 +195,12 @@ def load_codec(path: str | Path | None = None, device: str | torch.device = "cpu
 
         codec.to(resolve_device(device))
     return codec.eval()
+
+
+def embedded_codec_for(model_id: bytes) -> Path | None:
+    """The codec file of an earlier embedded default that wrote a bitstream with ``model_id`` (its header's
+    short id), or None (then the current default applies, and a mismatch is reported as usual)."""
+    return PREVIOUS_DEFAULT_CODECS.get(model_id.hex())
 
 
 def load_task(path: str | Path | None = None, device: str | torch.device = "cpu") -> nn.Module:

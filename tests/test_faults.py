@@ -124,7 +124,9 @@ def killed(request, tiny_assets, tmp_path_factory):  # noqa: F811
     t0 = time.monotonic()
     code, stdout = kill_after_first_checkpoint(config(tiny_assets, run, name), root / "server.log")
     before = load_checkpoint(run)
-    before_metrics = json.loads((run / "metrics.json").read_text())
+    # the kill may land between the round checkpoint and the metrics files (on a loaded machine it does):
+    # the checkpoint alone must be enough to resume
+    before_metrics = json.loads((run / "metrics.json").read_text()) if (run / "metrics.json").is_file() else None
     summary, grid = run_inprocess(config(tiny_assets, run, name, **{"resume-from": str(run)}), HOSPITALS)
     print(f"{name}: killed after round {before['round']}, resumed, {time.monotonic() - t0:.1f} s")
     return {"name": name, "ref": ref, "run": run, "code": code, "stdout": stdout, "before": before,
@@ -135,7 +137,8 @@ def test_the_server_process_was_killed_mid_run(killed):
     assert killed["code"] == -signal.SIGKILL
     k = killed["before"]["round"]
     assert 1 <= k < ROUNDS, "the kill must land before the last round"
-    assert killed["before_metrics"]["summary"] == {}, "the killed run must not have finished"
+    if killed["before_metrics"] is not None:
+        assert killed["before_metrics"]["summary"] == {}, "the killed run must not have finished"
     assert [r["round"] for r in killed["before"]["history"]] == list(range(1, k + 1))
 
 

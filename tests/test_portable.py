@@ -101,10 +101,13 @@ def test_version1_bitstreams_still_decode(threads, name):
 
     from fedcodec.model_io import load_codec
 
+    from fedcodec.model_io import embedded_codec_for
+
     folder = Path(__file__).parent / "data" / "bitstreams_v1"
     data = (folder / f"{name}.fcd").read_bytes()
     assert data[3] == 1
-    image, header = decode_image(load_codec(), data)
+    # written by the embedded default of 2026-11-23, which ships on beside the current one for such streams
+    image, header = decode_image(load_codec(embedded_codec_for(data[4:10])), data)
     assert header.version == 1 and not header.portable
     old = np.asarray(Image.open(folder / f"{name}.png"))
     assert image.dtype == old.dtype and image.shape == old.shape
@@ -122,3 +125,23 @@ def test_new_bitstreams_are_version_2():
     assert data[3] == 2
     _, header = decode_image(codec, data)
     assert header.portable
+
+
+def test_cli_decodes_a_stream_of_the_previous_default_without_model(tmp_path, threads):
+    """`fedcodec decode` without --model picks the earlier embedded default whose id the stream carries; the
+    current default refuses the stream by name (it was made by another model)."""
+    threads(2)
+    from pathlib import Path
+
+    from PIL import Image
+
+    from fedcodec.cli import main
+    from fedcodec.errors import ModelMismatchError
+    from fedcodec.model_io import load_codec
+
+    src = Path(__file__).parent / "data" / "bitstreams_v1" / "h0_q0.fcd"
+    assert main(["decode", str(src), str(tmp_path / "out.png")]) == 0
+    old = np.asarray(Image.open(src.with_suffix(".png")))
+    assert np.mean(np.asarray(Image.open(tmp_path / "out.png")) == old) > 0.99
+    with pytest.raises(ModelMismatchError, match="made by model d3afa89ddaaa"):
+        decode_image(load_codec(), src.read_bytes())

@@ -1,0 +1,37 @@
+"""The held-out scoreboard's own arithmetic (benchmarks/heldout.py): the side-information counterfactual."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+import heldout  # noqa: E402
+
+from fedcodec.bdrate import bd_rate  # noqa: E402
+
+
+def _set(z_bytes: list[float]) -> dict:
+    hevc = [{"bpp": b, "dice": d} for b, d in ((0.02, 0.5), (0.04, 0.65), (0.08, 0.75), (0.16, 0.8), (0.4, 0.83))]
+    codec = [{"bpp": b, "dice": d} for b, d in ((0.01, 0.45), (0.02, 0.6), (0.04, 0.72), (0.08, 0.79), (0.2, 0.82))]
+    return {"set": "h1", "codecs": {"hevc": {"points": hevc}, "pretrained": {"points": codec, "kind": "learned"}},
+            "hyper_latent": [{"quality": q + 1, "z_bytes": z} for q, z in enumerate(z_bytes)]}
+
+
+def test_same_side_information_leaves_the_bd_rate_unchanged():
+    s = _set([16] * 5)
+    ref = s["codecs"]["hevc"]["points"]
+    own = bd_rate([p["bpp"] for p in ref], [p["dice"] for p in ref],
+                  [p["bpp"] for p in s["codecs"]["pretrained"]["points"]],
+                  [p["dice"] for p in s["codecs"]["pretrained"]["points"]]).bd_rate_percent
+    assert heldout.side_info_counterfactual(s, _set([16] * 5))["pretrained"] == pytest.approx(own)
+
+
+def test_heavier_side_information_costs_bits():
+    light = _set([16] * 5)
+    same = heldout.side_info_counterfactual(light, _set([16] * 5))["pretrained"]
+    heavier = heldout.side_info_counterfactual(light, _set([100] * 5))["pretrained"]
+    # 84 more bytes per 256x256 image (+0.010 bpp) nearly doubles the lowest-rate point: tens of percent
+    assert heavier - same > 20
