@@ -206,3 +206,28 @@ def test_task_network_files_are_config_plus_weights(tmp_path, arch, features):
     save_file({"w": torch.zeros(2)}, tmp_path / "foreign.pt", metadata={"format": "something-else"})
     with pytest.raises(ModelFileError, match="not a fedcodec task network"):
         load_task_network(tmp_path / "foreign.pt")
+
+
+def test_choose_steps_keeps_only_what_beats_the_start_without_costing_the_top_quality():
+    from fedcodec.adapt import choose_steps
+
+    base = (1.0, 0.50)
+    # the lowest objective raised the top-quality task loss 0.50 -> 0.60: the next best check is kept
+    step, why = choose_steps(base, [(10, 0.95, 0.49), (20, 0.80, 0.60), (30, 0.90, 0.505)], 0.005, 0.02)
+    assert step == 30 and "0.9000" in why
+    # every improvement costs the top quality: keep the pretrained subset, and say why
+    step, why = choose_steps(base, [(10, 0.80, 0.60)], 0.005, 0.02)
+    assert step == 0 and "raised the top-quality task loss" in why
+    # nothing beats the start by min_gain
+    step, why = choose_steps(base, [(10, 0.998, 0.40)], 0.005, 0.02)
+    assert step == 0 and "no step count beat" in why
+    assert choose_steps(base, [], 0.005, 0.02)[0] == 0
+
+
+def test_adapt_that_cannot_help_leaves_the_codec_exactly_as_it_was(task_net, shots):
+    codec = make_tiny_codec(0)
+    before = {k: v.clone() for k, v in codec.state_dict().items()}
+    result = adapt(codec, task_net, shots[:1], AdaptConfig(steps=10, lr=0.0, check_every=5))
+    assert result.metrics["kept"] == 0.0 and result.metrics["selected_steps"] == 0.0
+    assert "keeping the pretrained subset" in result.reason
+    assert all(torch.equal(before[k], v) for k, v in codec.state_dict().items())
