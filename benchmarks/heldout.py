@@ -10,6 +10,8 @@ then the codec is evaluated on held-out images with that segmenter, before and a
 - ``h0``: source-domain phantoms (hospital 0), no adaptation;
 - ``h1``: the shifted hospital 1, K=1 and K=8;
 - ``unseen``: a hospital whose shift was never used (hospital 777, drawn from its seed), K=1;
+- ``mr``: real MR, ITK's T1 head volume with its brain mask (``fedcodec datasets fetch itk-brain-mr``), K=1:
+  even slices are the site's archive, odd slices the evaluation images;
 - ``ct``: real CT, the artery classes of TotalSegmentator's held-out DICOM series as the task (needs
   ``fedcodec datasets fetch totalsegmentator`` first; skipped with a note otherwise), K=1: the site's
   segmenter and shots come from the first half of the series, the evaluation images from the second half.
@@ -47,7 +49,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=None, help="codec file (default: the embedded default)")
     p.add_argument("--label", default=None, help="name of the codec in the tables (default: the file name)")
-    p.add_argument("--sets", default="h0,h1,unseen,ct")
+    p.add_argument("--sets", default="h0,h1,unseen,ct,mr")
     p.add_argument("--n", type=int, default=16, help="held-out images per set")
     p.add_argument("--train-images", type=int, default=32, help="images the hospital trains its segmenter on")
     p.add_argument("--segmenter-arch", default="unet", choices=("basicunet", "unet", "segresnet"))
@@ -88,6 +90,25 @@ def _ct_set(n: int):
     series = sorted(load_samples(root / "heldout"), key=lambda s: s.name)
     half = len(series) // 2
     archive, evaluation = series[:half], series[half:]
+    rng = np.random.default_rng(0)
+    annotated = [s for s in archive if s.mask is not None and s.mask.any()]
+    shots = [annotated[i] for i in rng.permutation(len(annotated))[:8]]
+    eval_idx = np.linspace(0, len(evaluation) - 1, min(n, len(evaluation))).round().astype(int)
+    return archive, shots, [evaluation[i] for i in eval_idx]
+
+
+def _mr_set(n: int):
+    """Real MR: ITK's T1 head volume (``fedcodec datasets fetch itk-brain-mr``), the brain mask as the task; one
+    subject, so the site's archive is every even slice (segmenter, shots) and the evaluation images are odd
+    slices. The issue's example of adaptation that hurt (brain MRI +6 % -> +27 % after K=1)."""
+    from fedcodec.data import load_samples
+    from fedcodec.data.datasets import cache_root
+
+    root = cache_root() / "itk-brain-mr" / "train"
+    if not root.is_dir():
+        return None
+    series = sorted(load_samples(root), key=lambda s: s.name)
+    archive, evaluation = series[0::2], [s for s in series[1::2] if s.mask is not None and s.mask.any()]
     rng = np.random.default_rng(0)
     annotated = [s for s in archive if s.mask is not None and s.mask.any()]
     shots = [annotated[i] for i in rng.permutation(len(annotated))[:8]]
@@ -144,9 +165,11 @@ def run_set(name: str, codec, args, out: Path) -> dict:
     from fedcodec.adapt import AdaptConfig, adapt
     from fedcodec.evaluate import add_bd_rates, evaluate_anchor, evaluate_codec, plot_results, uncompressed_dice
 
-    data = _ct_set(args.n) if name == "ct" else _phantom_set(name, args.n, args.train_images)
+    data = {"ct": _ct_set, "mr": _mr_set}[name](args.n) if name in ("ct", "mr") else \
+        _phantom_set(name, args.n, args.train_images)
     if data is None:
-        return {"set": name, "skipped": "run `fedcodec datasets fetch totalsegmentator` first"}
+        dataset = "totalsegmentator" if name == "ct" else "itk-brain-mr"
+        return {"set": name, "skipped": f"run `fedcodec datasets fetch {dataset}` first"}
     train, shots, heldout = data
     t0 = time.perf_counter()
     settings = dict(SEGMENTER_SETTINGS.get(name, {}))
@@ -164,7 +187,7 @@ def run_set(name: str, codec, args, out: Path) -> dict:
     for anchor in [a for a in args.anchors.split(",") if a]:
         res["codecs"][anchor] = {"points": evaluate_anchor(anchor, seg, heldout)}
     res["codecs"]["pretrained"] = {"points": evaluate_codec(codec, seg, heldout), "kind": "learned"}
-    ks = {"h0": [], "h1": [1, 8], "unseen": [1], "ct": [1]}[name]
+    ks = {"h0": [], "h1": [1, 8], "unseen": [1], "ct": [1], "mr": [1]}[name]
     for k in ks:
         adapted = copy.deepcopy(codec)
         r = adapt(adapted, seg, shots[:k], AdaptConfig(device="cpu"))
@@ -229,7 +252,7 @@ def compare_markdown(results: dict, others: list[dict]) -> list[str]:
         rows = []
         for r in results["sets"]:
             rs = next((x for x in other["sets"] if x["set"] == r["set"] and "hyper_latent" in x), None)
-            if "hyper_latent" not in r or rs is None or r["set"] == "ct":
+            if "hyper_latent" not in r or rs is None or r["set"] in ("ct", "mr"):
                 continue
             cf = side_info_counterfactual(r, rs)
             rows += [f"{r['set']} {k}: {r['codecs'][k]['bd_rate_vs_hevc']:+.1f} % -> "
@@ -272,7 +295,7 @@ def markdown(results: dict, others: list[dict] | None = None) -> str:
                       "the site's archive."]
     for r in results["sets"]:
         if "hyper_latent" in r:
-            size = "256x256" if r["set"] != "ct" else "512x512"
+            size = {"ct": "512x512", "mr": "128x128"}.get(r["set"], "256x256")
             lines += ["", f"Hyper-latent share of the file ({r['set']}, {size}): " + ", ".join(
                 f"q{h['quality']} {100 * h['z_share']:.0f} % ({h['z_bytes']:.0f} of {h['total_bytes']:.0f} B)"
                 for h in r["hyper_latent"])]

@@ -294,13 +294,18 @@ def section_markdown(results: dict, md_path: Path) -> str:
     if b["adaptation"]:
         lines += ["", "Few-shot adaptation (default `AdaptConfig` unless stated; seconds include everything "
                   "inside `adapt`):", "",
-                  "| codec | shots K | steps | seconds | s/step | final loss | final bpp | final task loss |",
-                  "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+                  "| codec | shots K | steps | seconds | s/step | final loss | final bpp | final task loss | "
+                  "what `adapt` chose |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         for name, a in b["adaptation"].items():
             m = a["metrics"]
+
+            def num(key: str) -> str:
+                return f"{m[key]:.4f}" if math.isfinite(m.get(key, math.nan)) else "–"
+
             lines.append(f"| {name} | {a['shots']} | {int(m['steps'])} | {m['seconds']:.1f} | "
-                         f"{m['seconds'] / max(m['steps'], 1):.3f} | {m['loss']:.4f} | {m['bpp']:.4f} | "
-                         f"{m['task']:.4f} |")
+                         f"{m['seconds'] / max(m['steps'], 1):.3f} | {num('loss')} | {num('bpp')} | "
+                         f"{num('task')} | {a.get('reason', '')} |")
 
     lines += ["", "### BD-rate against x265 HEVC intra", ""]
     if "hevc" not in results["codecs"]:
@@ -510,9 +515,9 @@ def main(argv: list[str] | None = None) -> int:
         res = adapt(c, task_net, shots[:k], adapt_config, progress=True)
         extra[name] = c
         adaptation[name] = {"shots": k, "samples": [s.name for s in shots[:k]], "config": config_dict(adapt_config),
-                            "metrics": res.metrics}
+                            "metrics": res.metrics, "reason": res.reason}
         descriptions[name] = f"pretrained + `adapt` on K={k} shot{'s' if k > 1 else ''}"
-        log.info("%s: %.1f s (%.3f s/step)", name, res.metrics["seconds"], res.metrics["seconds"] / adapt_config.steps)
+        log.info("%s: %.1f s; %s", name, res.metrics["seconds"], res.reason)
     t_adapt = time.perf_counter() - t_adapt
 
     # ---- anchors
