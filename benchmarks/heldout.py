@@ -266,7 +266,8 @@ def compare_markdown(results: dict, others: list[dict]) -> list[str]:
 
 
 def markdown(results: dict, others: list[dict] | None = None) -> str:
-    lines = [f"Held-out scoreboard (issue 9), codec `{results['label']}`, {results['date']}, commit "
+    lines = ["## Held-out scoreboard: data and segmenters the codec never saw", "",
+             f"Held-out scoreboard (issue 9), codec `{results['label']}`, {results['date']}, commit "
              f"{results['commit']}; each hospital's OWN segmenter ({results['segmenter']}, never used in "
              "pretraining) on held-out images; BD-rate against x265 in the same run (negative = fewer bits).", "",
              "| set | uncompressed Dice | codec | BD-rate Dice vs x265 | Dice interval | BD-rate PSNR vs x265 | "
