@@ -59,6 +59,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--anchors", default="hevc,jpeg2000")
     p.add_argument("--out", default=str(DEFAULT_OUT))
     p.add_argument("--md", default=str(REPO / "BENCHMARKS.md"), help="BENCHMARKS.md to update ('' = none)")
+    p.add_argument("--unlabeled", type=int, default=0, choices=(0, 1), help="1: adapt also checks 8 of the "
+                   "site's unannotated archive scans (fedcodec adapt --unlabeled); 0 (the scoreboard's): the "
+                   "shots alone")
     p.add_argument("--compare", default="", help="results.json files of other codecs measured with this script "
                    "(same sets and segmenters), comma-separated: a side-by-side table and the side-information "
                    "counterfactual are added")
@@ -190,10 +193,13 @@ def run_set(name: str, codec, args, out: Path) -> dict:
     ks = {"h0": [], "h1": [1, 8], "unseen": [1], "ct": [1], "mr": [1]}[name]
     for k in ks:
         adapted = copy.deepcopy(codec)
-        r = adapt(adapted, seg, shots[:k], AdaptConfig(device="cpu"))
+        # the site's unannotated scans: its archive (the segmenter's images) without the K shots, 8 of them
+        used = {s.name for s in shots[:k]}
+        unlabeled = [s for s in train if s.name not in used][:8] if args.unlabeled else None
+        r = adapt(adapted, seg, shots[:k], AdaptConfig(device="cpu"), unlabeled=unlabeled)
         res["codecs"][f"K{k}"] = {"points": evaluate_codec(adapted, seg, heldout), "kind": "learned",
                                   "selection": r.reason,
-                                  "kept": r.metrics.get("kept")}
+                                  "kept": r.metrics.get("kept"), "unlabeled": len(unlabeled or [])}
     add_bd_rates(res)
     add_bits_at_target(res, 0.01)
     res["hyper_latent"] = hyper_share(codec, heldout[:4])

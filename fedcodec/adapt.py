@@ -154,6 +154,14 @@ def _frozen_fingerprint(codec: SemanticCodec, groups: Sequence[str]) -> str:
     return codec.identity_hash(frozen) if frozen else ""
 
 
+def _unlabeled_tensor(samples: Sequence[Sample], crop: int = 0) -> torch.Tensor:
+    """Unannotated samples as ``(N, 1, S, S')`` images in [0, 1], cropped like the shots."""
+    if not samples:
+        raise DataError("the unlabeled images are an empty list; pass None to check on the shots alone")
+    stub = [dataclasses.replace(s, mask=np.zeros(s.image.shape, np.uint8)) if s.mask is None else s for s in samples]
+    return samples_to_tensors(stub, crop)[0]
+
+
 def spatial_holdout(images: torch.Tensor, masks: torch.Tensor, block: int = 64):
     """Split every shot into two spatially disjoint halves: ``(train_images, train_masks, val_images, val_masks)``.
 
@@ -197,31 +205,63 @@ def heldout_loss(codec: SemanticCodec, task_net: torch.nn.Module, images: torch.
     return total / len(qualities), top_task
 
 
-def choose_steps(base: tuple[float, float], checks: Sequence[tuple[int, float, float]], min_gain: float,
-                 task_tolerance: float) -> tuple[int, str]:
-    """The step count to keep from held-out ``checks`` ``(step, objective, top_task)`` against the starting
-    codec's ``base`` ``(objective, top_task)``: the lowest objective among the checks that beat ``base``'s by
-    ``min_gain`` (relative) without raising the top-quality task loss by more than ``task_tolerance``
-    (relative). Returns ``(steps, why)``; 0 steps = keep the starting codec."""
-    ok = [c for c in checks if c[1] < base[0] * (1 - min_gain) and c[2] <= base[1] * (1 + task_tolerance)]
+def choose_steps(base: Sequence[float], checks: Sequence[Sequence[float]], min_gain: float,
+                 task_tolerance: float, guard_names: Sequence[str] = ("top-quality task loss",)) -> tuple[int, str]:
+    """The step count to keep from held-out ``checks`` ``(step, objective, guard...)`` against the starting
+    codec's ``base`` ``(objective, guard...)``: the lowest objective among the checks that beat ``base``'s by
+    ``min_gain`` (relative) without raising any guard (a task loss: the held-out top-quality task loss, and
+    with unlabeled images their consistency loss) by more than ``task_tolerance`` (relative). Returns
+    ``(steps, why)``; 0 steps = keep the starting codec."""
+    def guards_ok(c: Sequence[float]) -> bool:
+        return all(g <= b * (1 + task_tolerance) for g, b in zip(c[2:], base[1:]))
+
+    def guards(c: Sequence[float]) -> str:
+        return ", ".join(f"{n} {b:.4f} -> {g:.4f}" for n, g, b in zip(guard_names, c[2:], base[1:]))
+
+    ok = [c for c in checks if c[1] < base[0] * (1 - min_gain) and guards_ok(c)]
     if ok:
-        step, obj, task = min(ok, key=lambda c: c[1])
-        return step, (f"held-out loss {base[0]:.4f} -> {obj:.4f} after {step} steps (top-quality task loss "
-                      f"{base[1]:.4f} -> {task:.4f})")
+        best = min(ok, key=lambda c: c[1])
+        return int(best[0]), f"held-out loss {base[0]:.4f} -> {best[1]:.4f} after {int(best[0])} steps ({guards(best)})"
     if not checks:
         return 0, "no held-out check ran: keeping the pretrained subset"
-    step, obj, task = min(checks, key=lambda c: c[1])
-    if obj < base[0] * (1 - min_gain):
-        return 0, (f"the best held-out loss ({base[0]:.4f} -> {obj:.4f} after {step} steps) raised the top-quality "
-                   f"task loss {base[1]:.4f} -> {task:.4f} (more than {100 * task_tolerance:g} %): keeping the "
-                   "pretrained subset")
-    return 0, (f"no step count beat the pretrained codec on held-out pixels ({base[0]:.4f}; best {obj:.4f} after "
-               f"{step} steps): keeping the pretrained subset")
+    best = min(checks, key=lambda c: c[1])
+    if best[1] < base[0] * (1 - min_gain):
+        return 0, (f"the best held-out loss ({base[0]:.4f} -> {best[1]:.4f} after {int(best[0])} steps) raised "
+                   f"{guards(best)} (more than {100 * task_tolerance:g} % allowed): keeping the pretrained subset")
+    return 0, (f"no step count beat the pretrained codec on held-out pixels ({base[0]:.4f}; best {best[1]:.4f} "
+               f"after {int(best[0])} steps): keeping the pretrained subset")
+
+
+def consistency_targets(task_net: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """What the frozen task network reads in uncompressed images ``(B, 1, H, W)`` in [0, 1]: ``(B, 1, H, W)``
+    uint8 {0, 1}. The codec's job is that the network reads the decoded image the same way, so on a site's
+    unannotated scans these serve as targets for checking an adaptation (never for training it)."""
+    from fedcodec.task_net import foreground_probability
+
+    with torch.no_grad():
+        return (foreground_probability(task_net(images)) > 0.5).to(torch.uint8)
+
+
+def top_quality_task_loss(codec: SemanticCodec, task_net: torch.nn.Module, images: torch.Tensor,
+                          targets: torch.Tensor, quality: int) -> float:
+    """Task loss (Dice + CE) of the decoded ``images`` at ``quality`` against ``targets``, in eval mode."""
+    from fedcodec.task_net import segmentation_loss
+
+    modes = {m: m.training for m in codec.modules()}
+    codec.eval()
+    with torch.no_grad():
+        q = torch.full((images.shape[0],), quality, dtype=torch.long, device=images.device)
+        out = codec(images, q, noisy=False)
+        value = float(segmentation_loss(task_net(codec.task_input(out["x_hat"])), targets).mean())
+    for m, mode in modes.items():
+        m.training = mode
+    return value
 
 
 def adapt(codec: SemanticCodec, task_net: torch.nn.Module, samples: Sequence[Sample] | tuple[torch.Tensor, torch.Tensor],
           config: AdaptConfig, global_state: Mapping[str, torch.Tensor] | None = None,
-          dp_history: list | None = None, progress: bool = False) -> AdaptResult:
+          dp_history: list | None = None, progress: bool = False,
+          unlabeled: Sequence[Sample] | torch.Tensor | None = None) -> AdaptResult:
     """Adapt ``config.groups`` of ``codec`` in place on the samples, never leaving it worse than it started.
 
     With ``config.select == "holdout"`` (the default, and only without DP: choosing on the data would spend
@@ -232,6 +272,11 @@ def adapt(codec: SemanticCodec, task_net: torch.nn.Module, samples: Sequence[Sam
     and then trains that many steps on the whole shots. If no step count helps, the codec is left exactly as it
     was. ``metrics`` say what was chosen and why (``selected_steps``, ``heldout_start``, ``heldout_best``,
     ``kept`` = 1 adapted / 0 fallback).
+
+    ``unlabeled``: the site's unannotated scans (samples, or ``(N, 1, H, W)`` images in [0, 1]); with them the
+    selection also refuses an adaptation that makes the task network read them, decoded at the top quality,
+    less like their uncompressed originals (:func:`consistency_targets`) by more than ``task_tolerance``: one
+    shot cannot show over-fitting to itself, other scans of the site can.
 
     Args: see :func:`train_subset`.
     """
@@ -250,16 +295,30 @@ def adapt(codec: SemanticCodec, task_net: torch.nn.Module, samples: Sequence[Sam
         return result
     tr_x, tr_m, va_x, va_m = split
     initial = codec.group_state_dict(config.groups)
-    base = heldout_loss(codec, task_net, va_x, va_m, config)
-    checks: list[tuple[int, float, float]] = []
+    top = max(config.qualities or range(codec.num_qualities))
+    guard_names = ["top-quality task loss"]
+    if unlabeled is not None:
+        ux = unlabeled if isinstance(unlabeled, torch.Tensor) else _unlabeled_tensor(unlabeled, config.crop)
+        ux = ux.to(device)
+        ut = consistency_targets(task_net, ux)
+        guard_names.append(f"consistency on {len(ux)} unannotated scans")
+
+    def measure() -> tuple[float, ...]:
+        values = heldout_loss(codec, task_net, va_x, va_m, config)
+        if unlabeled is not None:
+            values = (*values, top_quality_task_loss(codec, task_net, ux, ut, top))
+        return values
+
+    base = measure()
+    checks: list[tuple[float, ...]] = []
 
     def monitor(step: int) -> None:
         if step % config.check_every == 0 or step == config.steps:
-            checks.append((step, *heldout_loss(codec, task_net, va_x, va_m, config)))
+            checks.append((step, *measure()))
 
     train_subset(codec, task_net, (tr_x, tr_m), config, global_state, None, False, monitor=monitor)
     codec.load_group_state_dict(initial, config.groups)
-    best_step, why = choose_steps(base, checks, config.min_gain, config.task_tolerance)
+    best_step, why = choose_steps(base, checks, config.min_gain, config.task_tolerance, guard_names)
     keep = best_step > 0
     best = min((c[1] for c in checks if c[0] == best_step), default=min((c[1] for c in checks), default=math.inf))
     if progress:
@@ -273,7 +332,8 @@ def adapt(codec: SemanticCodec, task_net: torch.nn.Module, samples: Sequence[Sam
                              {"examples": float(len(images)), "steps": 0.0, "loss": math.nan, "bpp": math.nan,
                               "task": math.nan, "epsilon": 0.0}, [])
     result.metrics.update(selected_steps=float(best_step), kept=float(keep), heldout_start=base[0],
-                          heldout_best=best, heldout_top_task_start=base[1], seconds=time.perf_counter() - start)
+                          heldout_best=best, heldout_top_task_start=base[1], seconds=time.perf_counter() - start,
+                          **({"consistency_start": base[2]} if len(base) > 2 else {}))
     result.reason = why
     return result
 

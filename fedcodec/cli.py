@@ -281,6 +281,9 @@ def build_parser() -> argparse.ArgumentParser:
                  "shot, judge on the other, keep the pretrained subset unless adaptation helps; none: train blindly")
     _config_flag(p, "--device", ADAPT, choices=("auto", "cpu", "cuda"), help="where adaptation runs: auto (CUDA "
                  "when present, else the CPU), cpu or cuda")
+    p.add_argument("--unlabeled", default=None, help="a folder of the site's unannotated scans (masks, if any, are "
+                   "ignored): with --select holdout an adaptation is also refused if the task network reads them, "
+                   "decoded at the top quality, less like their originals (up to 16 are used)")
     _add_overwrite(p)
 
     p = sub.add_parser("evaluate", help="rate-task curves from real bitstreams")
@@ -491,13 +494,21 @@ def cmd_adapt(args: argparse.Namespace) -> None:
     samples = load_data(args.data, limit=args.shots)
     if len(samples) < args.shots:
         log.warning("only %d annotated samples in %s (asked for %d)", len(samples), args.data, args.shots)
+    unlabeled = None
+    if args.unlabeled:
+        from fedcodec.data import load_samples
+
+        unlabeled = load_samples(args.unlabeled)[:16]
+        if not unlabeled:
+            raise _usage(f"--unlabeled {args.unlabeled} holds no images")
     base_id = codec.identity_hash(["base"])
-    result = adapt(codec, task_net, samples, config, progress=True)
+    result = adapt(codec, task_net, samples, config, progress=True, unlabeled=unlabeled)
     if codec.identity_hash(["base"]) != base_id:  # adapt checks this too; a second look costs a millisecond
         raise RuntimeError("base codec changed during adaptation")
     record = {"command": "adapt", "model": args.model or "embedded default", "task": args.task or "embedded default",
               "data": str(args.data), "samples": [s.name for s in samples], "config": config_dict(config),
-              "metrics": result.metrics, "selection": result.reason, "base_id": base_id}
+              "metrics": result.metrics, "selection": result.reason, "base_id": base_id,
+              "unlabeled": [u.name for u in unlabeled] if unlabeled else []}
     out = check_new_output(out, args.overwrite)
     save_codec(codec, out, meta={"adapt": record}, overwrite=True)
     write_json(out_json, {**record, "model_id": codec.identity_hash()})

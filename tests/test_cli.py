@@ -159,6 +159,20 @@ def test_adapt_and_export(tmp_path, capsys, tiny_codec_path, tiny_task_path, pha
                  tmp_path / "base_subset.pt", "--out", tmp_path / "x.pt")
 
 
+def test_adapt_checks_unannotated_scans(tmp_path, capsys, tiny_codec_path, tiny_task_path, phantom_dir):
+    out = tmp_path / "adapted.pt"
+    code, stdout, err = run(capsys, "adapt", "--model", tiny_codec_path, "--task", tiny_task_path, "--data",
+                            phantom_dir, "--shots", 1, "--steps", 3, "--unlabeled", phantom_dir, "--out", out)
+    assert code == 0, err
+    record = json.loads((tmp_path / "adapted.pt.json").read_text())
+    assert record["unlabeled"] and "consistency_start" in record["metrics"]
+    assert record["selection"] in stdout
+    (tmp_path / "empty").mkdir()
+    expect_error(capsys, "", "adapt", "--model", tiny_codec_path, "--task", tiny_task_path, "--data", phantom_dir,
+                 "--shots", 1, "--unlabeled", tmp_path / "empty", "--out", tmp_path / "x.pt")
+    assert not (tmp_path / "x.pt").exists()
+
+
 def test_console_script_has_no_traceback(tmp_path):
     exe = shutil.which("fedcodec") or f"{sys.executable} -m fedcodec.cli"
     proc = subprocess.run([*exe.split(), "decode", str(tmp_path / "missing.fcd"), str(tmp_path / "o.png")],

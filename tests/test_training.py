@@ -217,11 +217,15 @@ def test_choose_steps_keeps_only_what_beats_the_start_without_costing_the_top_qu
     assert step == 30 and "0.9000" in why
     # every improvement costs the top quality: keep the pretrained subset, and say why
     step, why = choose_steps(base, [(10, 0.80, 0.60)], 0.005, 0.02)
-    assert step == 0 and "raised the top-quality task loss" in why
+    assert step == 0 and "raised top-quality task loss 0.5000 -> 0.6000" in why
     # nothing beats the start by min_gain
     step, why = choose_steps(base, [(10, 0.998, 0.40)], 0.005, 0.02)
     assert step == 0 and "no step count beat" in why
     assert choose_steps(base, [], 0.005, 0.02)[0] == 0
+    # a second guard (consistency on unannotated scans) vetoes what the shot alone would keep
+    step, why = choose_steps((1.0, 0.5, 0.2), [(10, 0.8, 0.45, 0.3), (20, 0.9, 0.5, 0.2)], 0.005, 0.02,
+                             ("top", "consistency"))
+    assert step == 20 and "consistency 0.2000 -> 0.2000" in why
 
 
 def test_adapt_that_cannot_help_leaves_the_codec_exactly_as_it_was(task_net, shots):
@@ -231,3 +235,20 @@ def test_adapt_that_cannot_help_leaves_the_codec_exactly_as_it_was(task_net, sho
     assert result.metrics["kept"] == 0.0 and result.metrics["selected_steps"] == 0.0
     assert "keeping the pretrained subset" in result.reason
     assert all(torch.equal(before[k], v) for k, v in codec.state_dict().items())
+
+
+def test_adapt_checks_unannotated_scans_against_what_the_task_network_reads_in_the_originals(task_net, shots):
+    from fedcodec.adapt import consistency_targets, top_quality_task_loss
+
+    codec = make_tiny_codec(0)
+    scans = make_phantoms(3, seed=99, size=128, hospital=2)
+    images = samples_to_tensors(scans)[0]
+    targets = consistency_targets(task_net, images)
+    assert targets.shape == images.shape and targets.dtype == torch.uint8
+    # a decoded image at the top quality reads closer to the original than at the lowest one
+    assert top_quality_task_loss(codec, task_net, images, targets, 3) <= \
+        top_quality_task_loss(codec, task_net, images, targets, 0) + 1e-6
+    unannotated = [type(s)(s.image, None, s.name, s.bit_depth, s.window) for s in scans]
+    result = adapt(codec, task_net, shots[:1], AdaptConfig(steps=10, lr=1e-2, check_every=5), unlabeled=unannotated)
+    assert "consistency_start" in result.metrics
+    assert result.metrics["kept"] == 0.0 or "consistency on 3 unannotated scans" in result.reason
