@@ -78,45 +78,48 @@ def _phantom_set(name: str, n: int, train_images: int):
             make_phantoms(n, seed=1000, hospital=hospital))              # held-out evaluation images
 
 
+def _site(archive: list, evaluation: list, n: int):
+    """A real site from one series: ``(archive, shots, evaluation)``, the 8 shots drawn (seed 0) from the
+    annotated archive slices, ``n`` evaluation slices spread evenly over ``evaluation``."""
+    rng = np.random.default_rng(0)
+    annotated = [s for s in archive if s.mask is not None and s.mask.any()]
+    shots = [annotated[i] for i in rng.permutation(len(annotated))[:8]]
+    eval_idx = np.linspace(0, len(evaluation) - 1, min(n, len(evaluation))).round().astype(int)
+    return archive, shots, [evaluation[i] for i in eval_idx]
+
+
+def _series(folder: Path) -> list | None:
+    """A fetched dataset folder's samples sorted by name (slice order), or None when it was not fetched."""
+    from fedcodec.data import load_samples
+
+    return sorted(load_samples(folder), key=lambda s: s.name) if folder.is_dir() else None
+
+
 def _ct_set(n: int):
     """Real CT: TotalSegmentator's held-out DICOM series (a patient and scanner the codec never saw; pretraining
     used no real data at all), artery classes as the task. The site's annotated archive is the first half of
     the series: its own segmenter trains there and the shots come from there; the evaluation images are the
     other half (neighbouring slices of one patient: the segmenter's Dice is optimistic, the comparison between
     codecs is not, since every codec is read by the same segmenter)."""
-    from fedcodec.data import load_samples
     from fedcodec.data.datasets import cache_root
 
-    root = cache_root() / "totalsegmentator"
-    if not (root / "heldout").is_dir():
+    series = _series(cache_root() / "totalsegmentator" / "heldout")
+    if series is None:
         return None
-    series = sorted(load_samples(root / "heldout"), key=lambda s: s.name)
     half = len(series) // 2
-    archive, evaluation = series[:half], series[half:]
-    rng = np.random.default_rng(0)
-    annotated = [s for s in archive if s.mask is not None and s.mask.any()]
-    shots = [annotated[i] for i in rng.permutation(len(annotated))[:8]]
-    eval_idx = np.linspace(0, len(evaluation) - 1, min(n, len(evaluation))).round().astype(int)
-    return archive, shots, [evaluation[i] for i in eval_idx]
+    return _site(series[:half], series[half:], n)
 
 
 def _mr_set(n: int):
     """Real MR: ITK's T1 head volume (``fedcodec datasets fetch itk-brain-mr``), the brain mask as the task; one
     subject, so the site's archive is every even slice (segmenter, shots) and the evaluation images are odd
     slices. The issue's example of adaptation that hurt (brain MRI +6 % -> +27 % after K=1)."""
-    from fedcodec.data import load_samples
     from fedcodec.data.datasets import cache_root
 
-    root = cache_root() / "itk-brain-mr" / "train"
-    if not root.is_dir():
+    series = _series(cache_root() / "itk-brain-mr" / "train")
+    if series is None:
         return None
-    series = sorted(load_samples(root), key=lambda s: s.name)
-    archive, evaluation = series[0::2], [s for s in series[1::2] if s.mask is not None and s.mask.any()]
-    rng = np.random.default_rng(0)
-    annotated = [s for s in archive if s.mask is not None and s.mask.any()]
-    shots = [annotated[i] for i in rng.permutation(len(annotated))[:8]]
-    eval_idx = np.linspace(0, len(evaluation) - 1, min(n, len(evaluation))).round().astype(int)
-    return archive, shots, [evaluation[i] for i in eval_idx]
+    return _site(series[0::2], [s for s in series[1::2] if s.mask is not None and s.mask.any()], n)
 
 
 #: Segmenter training settings per set, beside the defaults (128x128 crops, batch 8). CT slices train whole:

@@ -17,6 +17,7 @@ Optional extras, both off by default:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
@@ -179,7 +180,32 @@ def spatial_holdout(images: torch.Tensor, masks: torch.Tensor, block: int = 64):
     return None
 
 
+@contextlib.contextmanager
+def _evaluating(codec: SemanticCodec):
+    """Run ``codec`` in eval mode, then restore every module's mode exactly (the entropy models stay in eval)."""
+    modes = {m: m.training for m in codec.modules()}
+    codec.eval()
+    try:
+        yield
+    finally:
+        for m, mode in modes.items():
+            m.training = mode
+
+
 @torch.no_grad()
+def _decoded_losses(codec: SemanticCodec, task_net: torch.nn.Module, images: torch.Tensor, masks: torch.Tensor,
+                    qualities: Sequence[int], weights: LossWeights) -> list[dict]:
+    """:class:`SemanticLoss` terms of ``images`` as decoding sees them (rounded latents, eval mode), one dict per
+    quality in ``qualities``."""
+    loss_fn = SemanticLoss(weights, codec.num_qualities).to(images.device)
+    out = []
+    with _evaluating(codec):
+        for q in qualities:
+            quality = torch.full((images.shape[0],), q, dtype=torch.long, device=images.device)
+            out.append(loss_fn(codec(images, quality, noisy=False), images, masks, quality, task_net, codec))
+    return out
+
+
 def heldout_loss(codec: SemanticCodec, task_net: torch.nn.Module, images: torch.Tensor, masks: torch.Tensor,
                  config: AdaptConfig) -> tuple[float, float]:
     """The adaptation objective on held-out pixels, as decoding sees it: rounded latents, every trained quality.
@@ -188,21 +214,10 @@ def heldout_loss(codec: SemanticCodec, task_net: torch.nn.Module, images: torch.
         ``(objective, top_task)``: the objective's mean over images and qualities, and the task loss (Dice + CE,
         unweighted) at the highest trained quality; lower is better for both.
     """
-    loss_fn = SemanticLoss(LossWeights(config.lambda_d, config.lambda_t, 0.0, list(config.quality_weights)),
-                           codec.num_qualities).to(images.device)
-    modes = {m: m.training for m in codec.modules()}  # restored exactly (the entropy models stay in eval)
-    codec.eval()
-    qualities = sorted(config.qualities or range(codec.num_qualities))
-    total, top_task = 0.0, math.nan
-    for q in qualities:
-        quality = torch.full((images.shape[0],), q, dtype=torch.long, device=images.device)
-        out = codec(images, quality, noisy=False)
-        losses = loss_fn(out, images, masks, quality, task_net, codec)
-        total += float(losses["loss"])
-        top_task = float(losses["task"])
-    for m, mode in modes.items():
-        m.training = mode
-    return total / len(qualities), top_task
+    weights = LossWeights(config.lambda_d, config.lambda_t, 0.0, list(config.quality_weights))
+    losses = _decoded_losses(codec, task_net, images, masks, sorted(config.qualities or range(codec.num_qualities)),
+                             weights)
+    return sum(float(x["loss"]) for x in losses) / len(losses), float(losses[-1]["task"])
 
 
 def choose_steps(base: Sequence[float], checks: Sequence[Sequence[float]], min_gain: float,
@@ -245,17 +260,7 @@ def consistency_targets(task_net: torch.nn.Module, images: torch.Tensor) -> torc
 def top_quality_task_loss(codec: SemanticCodec, task_net: torch.nn.Module, images: torch.Tensor,
                           targets: torch.Tensor, quality: int) -> float:
     """Task loss (Dice + CE) of the decoded ``images`` at ``quality`` against ``targets``, in eval mode."""
-    from fedcodec.task_net import segmentation_loss
-
-    modes = {m: m.training for m in codec.modules()}
-    codec.eval()
-    with torch.no_grad():
-        q = torch.full((images.shape[0],), quality, dtype=torch.long, device=images.device)
-        out = codec(images, q, noisy=False)
-        value = float(segmentation_loss(task_net(codec.task_input(out["x_hat"])), targets).mean())
-    for m, mode in modes.items():
-        m.training = mode
-    return value
+    return float(_decoded_losses(codec, task_net, images, targets, [quality], LossWeights(0.0, 1.0))[0]["task"])
 
 
 def adapt(codec: SemanticCodec, task_net: torch.nn.Module, samples: Sequence[Sample] | tuple[torch.Tensor, torch.Tensor],
@@ -320,7 +325,8 @@ def adapt(codec: SemanticCodec, task_net: torch.nn.Module, samples: Sequence[Sam
     codec.load_group_state_dict(initial, config.groups)
     best_step, why = choose_steps(base, checks, config.min_gain, config.task_tolerance, guard_names)
     keep = best_step > 0
-    best = min((c[1] for c in checks if c[0] == best_step), default=min((c[1] for c in checks), default=math.inf))
+    objective = {int(c[0]): c[1] for c in checks}
+    best = objective[best_step] if keep else min(objective.values(), default=math.inf)
     if progress:
         log.info("adapt selection: %s", why)
     if keep:

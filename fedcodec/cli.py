@@ -162,9 +162,9 @@ def _one_line(text: str, limit: int = 400) -> str:
 MAX_BITSTREAM_BYTES = 1 << 30
 
 
-def _read_bitstream(path: str | Path) -> bytes:
+def _read_bitstream(path: str | Path):
     """Read a bitstream file and check its container and header (size limits included) before any model is
-    loaded, so a forged or foreign file fails in milliseconds."""
+    loaded, so a forged or foreign file fails in milliseconds. Returns ``(data, header)``."""
     from fedcodec.bitstream import unpack_tiles
     from fedcodec.errors import BitstreamError
 
@@ -175,19 +175,17 @@ def _read_bitstream(path: str | Path) -> bytes:
     if size > MAX_BITSTREAM_BYTES:
         raise BitstreamError(f"{p}: {size:,} bytes is larger than any bitstream this decoder accepts")
     data = p.read_bytes()
-    unpack_tiles(data)
-    return data
+    return data, unpack_tiles(data)[0]
 
 
-def _model_for(model: str | None, data: bytes) -> str | Path | None:
-    """The codec that decodes ``data``: ``--model`` when given, else the embedded default, or the earlier
-    embedded default whose id the bitstream carries (streams written before the default changed)."""
+def _model_for(model: str | None, model_id: bytes) -> str | Path | None:
+    """The codec that decodes a bitstream whose header carries ``model_id``: ``--model`` when given, else the
+    embedded default, or the earlier embedded default with that id (streams written before the default changed)."""
     if model is not None:
         return model
-    from fedcodec.bitstream import unpack_tiles
     from fedcodec.model_io import embedded_codec_for
 
-    return embedded_codec_for(unpack_tiles(data)[0].model_id)
+    return embedded_codec_for(model_id)
 
 
 def _check_outputs(*paths: str | Path, overwrite: bool = False) -> list[Path]:
@@ -573,14 +571,14 @@ def cmd_decode(args: argparse.Namespace) -> None:
     import io
 
     (out,) = _check_outputs(args.output, overwrite=args.overwrite)
-    data = _read_bitstream(args.input)      # before torch is imported: a forged header fails in milliseconds
+    data, stream = _read_bitstream(args.input)  # before torch is imported: a forged header fails in milliseconds
 
     from PIL import Image
 
     from fedcodec.coding import decode_image
     from fedcodec.model_io import atomic_write_bytes, check_new_output, load_codec
 
-    image, header = decode_image(load_codec(_model_for(args.model, data), args.device), data,
+    image, header = decode_image(load_codec(_model_for(args.model, stream.model_id), args.device), data,
                                  task_ready=args.task_ready)
     buf = io.BytesIO()
     Image.fromarray(image).save(buf, format="PNG")
@@ -594,13 +592,13 @@ def cmd_inspect(args: argparse.Namespace) -> None:
         raise _usage(f"the output of inspect is a PNG figure (OUTPUT.png), got {args.output}")
     out, out_json = _check_outputs(args.output, Path(args.output).with_suffix(".json"), overwrite=args.overwrite)
     path = Path(args.input)
-    data = _read_bitstream(path)
+    data, stream = _read_bitstream(path)
 
     from fedcodec.allocation import bit_allocation, plot_allocation
     from fedcodec.data import read_mask
     from fedcodec.model_io import check_new_output, load_codec, write_json
 
-    alloc = bit_allocation(load_codec(_model_for(args.model, data)), data)
+    alloc = bit_allocation(load_codec(_model_for(args.model, stream.model_id)), data)
     h = alloc.header
     mask = read_mask(args.mask, (h.height, h.width)) if args.mask else None
     report: dict[str, Any] = {"input": str(path), "model": args.model or "embedded default",

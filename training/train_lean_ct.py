@@ -7,24 +7,11 @@ segmenters of training/lean, copied here so they are not retrained; they saw pha
 stage at lambda_d 5e-4 and peak lr 1e-4 with a 100-step warm-up. Resumable like every pretraining run:
     nice python training/train_lean_ct.py [MAX_MINUTES]
 """
-import logging
-import shutil
-import sys
-from pathlib import Path
+
+from continue_lean import continue_lean
 
 from fedcodec.data.datasets import cache_root
-from fedcodec.pretrain import Stage, lean_config, pretrain
+from fedcodec.pretrain import Stage
 
-logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-OUT = Path(__file__).parent / "lean_ct"
-minutes = float(sys.argv[1]) if len(sys.argv) > 1 else 0.0
-for f in ("task_0.pt", "task_1.pt", "task_2.pt", "val_anchors.json"):
-    if not (OUT / f).exists():
-        OUT.mkdir(exist_ok=True)
-        shutil.copy(Path(__file__).parent / "lean" / f, OUT / f)
-config = lean_config(init=str(Path(__file__).parent / "lean" / "best.pt"),
-                     data=[str(cache_root() / "totalsegmentator" / "train")], steps=2000, warmup_steps=100,
-                     stages=[Stage("real-data fine-tune", 1.0, 5e-4, 1.0, 1e-4)], val_every=1000,
-                     checkpoint_every=250)
-resume = (OUT / "checkpoint.pt").exists()
-pretrain(None if resume else config, OUT, resume=resume, max_minutes=minutes, device="auto")
+continue_lean("lean_ct", data=[str(cache_root() / "totalsegmentator" / "train")], steps=2000, warmup_steps=100,
+              stages=[Stage("real-data fine-tune", 1.0, 5e-4, 1.0, 1e-4)], val_every=1000)

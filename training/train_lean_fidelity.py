@@ -7,23 +7,10 @@ segmenters of training/lean, copied here so they are not retrained), one semanti
 lr 1e-4 with a 200-step warm-up and cosine decay over 10,000 steps, validation every 1,000 steps (best.pt).
     nice python training/train_lean_fidelity.py [MAX_MINUTES]     # first call starts, later calls resume
 """
-import logging
-import shutil
-import sys
-from pathlib import Path
 
-from fedcodec.pretrain import Stage, lean_config, pretrain
+from continue_lean import continue_lean
 
-logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-HERE = Path(__file__).parent
-OUT = HERE / "lean_fidelity"
-minutes = float(sys.argv[1]) if len(sys.argv) > 1 else 0.0
-OUT.mkdir(exist_ok=True)
-for f in ("task_0.pt", "task_1.pt", "task_2.pt", "val_anchors.json"):
-    if not (OUT / f).exists():
-        shutil.copy(HERE / "lean" / f, OUT / f)
-config = lean_config(init=str(HERE / "lean" / "best.pt"), steps=10000, warmup_steps=200,
-                     stages=[Stage("fidelity continuation", 1.0, 1e-3, 1.0, 1e-4)], val_every=1000,
-                     checkpoint_every=250)
-resume = (OUT / "checkpoint.pt").exists()
-pretrain(None if resume else config, OUT, resume=resume, max_minutes=minutes, device="auto")
+from fedcodec.pretrain import Stage
+
+continue_lean("lean_fidelity", steps=10000, warmup_steps=200,
+              stages=[Stage("fidelity continuation", 1.0, 1e-3, 1.0, 1e-4)], val_every=1000)
