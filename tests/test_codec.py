@@ -111,6 +111,55 @@ def test_identity_hash_tracks_groups():
     assert codec.identity_hash() != full
 
 
+def test_identity_hash_cache_follows_every_kind_of_parameter_change(phantom):
+    """The hash and the float64 hyper-synthesis are cached per parameter version: an optimiser step, a loaded
+    state or replaced tensors must each give the uncached value, never a stale one."""
+    codec = make_tiny_codec(0)
+    first = codec.identity_hash()
+    assert codec.identity_hash() == first == codec._identity_hash(("base", "policy", "adapters"))
+    other = make_tiny_codec(1)
+    codec.load_state_dict(other.state_dict())                    # in place (copy_)
+    assert codec.identity_hash() == other.identity_hash() != first
+    bias = codec.policy.out.bias
+    bias.grad = torch.ones_like(bias)
+    torch.optim.SGD([bias], lr=0.1).step()                       # an optimiser step
+    stepped = codec.identity_hash()
+    assert stepped != other.identity_hash() and stepped == codec._identity_hash(("base", "policy", "adapters"))
+    bias.data = torch.zeros_like(bias) + 0.5                     # a replaced tensor
+    assert codec.identity_hash() == codec._identity_hash(("base", "policy", "adapters")) != stepped
+    # the encoder's float64 copies follow too: a stream written after the change decodes on a fresh codec
+    fresh = make_tiny_codec(1)
+    fresh.load_state_dict(codec.state_dict())
+    codec.update(force=True)
+    fresh.update(force=True)
+    image = phantom.image
+    encode_image(codec, image, 3)                                # fills the caches
+    with torch.no_grad():
+        codec.h_s[0].weight.mul_(1.1)
+        fresh.h_s[0].weight.mul_(1.1)
+    codec.update(force=True)
+    fresh.update(force=True)
+    data = encode_image(codec, image, 3).data
+    assert np.array_equal(decode_image(fresh, data)[0], decode_image(codec, data)[0])
+    assert data == encode_image(fresh, image, 3).data
+
+
+def test_build_indexes_matches_compressai():
+    """The one-pass table search picks exactly CompressAI's index, table entries and their neighbours included."""
+    from compressai.entropy_models import GaussianConditional as Reference
+
+    codec = make_tiny_codec(0)
+    ours = codec.gaussian_conditional
+    ref = Reference(ours.scale_table.tolist())
+    table = ours.scale_table.double()
+    assert table.numel() == 64
+    edges = torch.cat([table, torch.nextafter(table, table + 1), torch.nextafter(table, table - 1)])
+    for dtype in (torch.float32, torch.float64):
+        scales = torch.cat([edges.to(dtype), torch.rand(4096, dtype=dtype) * 80, torch.rand(64, dtype=dtype) * 0.1])
+        scales = scales.reshape(1, -1, 1, 1)
+        assert torch.equal(ours.build_indexes(scales), ref.build_indexes(scales))
+
+
 def test_input_checks(codec):
     with pytest.raises(DataError, match="multiples of 64"):
         codec(torch.zeros(1, 1, 100, 64), 0)
