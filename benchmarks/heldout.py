@@ -65,6 +65,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--compare", default="", help="results.json files of other codecs measured with this script "
                    "(same sets and segmenters), comma-separated: a side-by-side table and the side-information "
                    "counterfactual are added")
+    p.add_argument("--draws", type=int, default=4, help="K=1 is repeated with each of the first DRAWS shots "
+                   "(one shot cannot speak for a site: 'never worse than the pretrained codec' is checked on each)")
     p.add_argument("--quick", action="store_true", help="4 images, 100 segmenter steps; no BENCHMARKS.md")
     return p.parse_args(argv)
 
@@ -194,15 +196,25 @@ def run_set(name: str, codec, args, out: Path) -> dict:
         res["codecs"][anchor] = {"points": evaluate_anchor(anchor, seg, heldout)}
     res["codecs"]["pretrained"] = {"points": evaluate_codec(codec, seg, heldout), "kind": "learned"}
     ks = {"h0": [], "h1": [1, 8], "unseen": [1], "ct": [1], "mr": [1]}[name]
-    for k in ks:
+    draws = []
+    for k, first in [(k, d) for k in ks for d in (range(max(1, args.draws)) if k == 1 else [0])]:
+        group = shots[first:first + k]
+        if len(group) < k:
+            continue
         adapted = copy.deepcopy(codec)
         # the site's unannotated scans: its archive (the segmenter's images) without the K shots, 8 of them
-        used = {s.name for s in shots[:k]}
+        used = {s.name for s in group}
         unlabeled = [s for s in train if s.name not in used][:8] if args.unlabeled else None
-        r = adapt(adapted, seg, shots[:k], AdaptConfig(device="cpu"), unlabeled=unlabeled)
-        res["codecs"][f"K{k}"] = {"points": evaluate_codec(adapted, seg, heldout), "kind": "learned",
-                                  "selection": r.reason,
-                                  "kept": r.metrics.get("kept"), "unlabeled": len(unlabeled or [])}
+        r = adapt(adapted, seg, group, AdaptConfig(device="cpu"), unlabeled=unlabeled)
+        entry = {"points": evaluate_codec(adapted, seg, heldout), "kind": "learned", "selection": r.reason,
+                 "kept": r.metrics.get("kept"), "unlabeled": len(unlabeled or []), "shots": [s.name for s in group]}
+        if first == 0:
+            res["codecs"][f"K{k}"] = entry
+        if k == 1:
+            draws.append(draw_summary(first, entry, res["codecs"]["pretrained"]["points"],
+                                      res["codecs"].get("hevc", {}).get("points")))
+    if draws:
+        res["k1_draws"] = draws
     add_bd_rates(res)
     add_bits_at_target(res, 0.01)
     res["hyper_latent"] = hyper_share(codec, heldout[:4])
@@ -210,6 +222,35 @@ def run_set(name: str, codec, args, out: Path) -> dict:
     res["title"] = f"{name}: own {args.segmenter_arch} segmenter, {len(heldout)} held-out images"
     plot_results(res, out / f"rate_dice_{name}.png")
     return res
+
+
+#: A K=1 adaptation counts as worse than the pretrained codec when its curve needs more bits at equal Dice
+#: (BD-rate vs the pretrained codec above this, %) or its top-quality Dice falls by more than this much.
+WORSE_BD, WORSE_TOP_DICE = 1.0, 0.005
+
+
+def draw_summary(shot: int, entry: dict, pretrained: list[dict], hevc: list[dict] | None) -> dict:
+    """One K=1 draw against the pretrained codec on the same images: BD-rate (Dice) vs the pretrained codec and
+    vs x265, top-quality Dice, and whether it left the site worse off (:data:`WORSE_BD`, :data:`WORSE_TOP_DICE`)."""
+    from fedcodec.bdrate import bd_rate
+    from fedcodec.errors import FedcodecError
+
+    def bd(ref, pts):
+        if not ref:
+            return None
+        try:
+            return bd_rate([p["bpp"] for p in ref], [p["dice"] for p in ref],
+                           [p["bpp"] for p in pts], [p["dice"] for p in pts]).bd_rate_percent
+        except FedcodecError:
+            return None
+
+    pts = entry["points"]
+    vs_pre = 0.0 if not entry.get("kept") else bd(pretrained, pts)
+    top, top_pre = pts[-1]["dice"], pretrained[-1]["dice"]
+    worse = (vs_pre is None or vs_pre > WORSE_BD) or top < top_pre - WORSE_TOP_DICE
+    return {"shot": shot, "kept": entry.get("kept"), "bd_vs_pretrained": vs_pre, "bd_vs_hevc": bd(hevc, pts),
+            "top_dice": top, "pretrained_top_dice": top_pre, "worse": bool(worse and entry.get("kept")),
+            "selection": entry["selection"]}
 
 
 def side_info_counterfactual(result_set: dict, other_set: dict) -> dict[str, float]:
@@ -297,6 +338,20 @@ def markdown(results: dict, others: list[dict] | None = None) -> str:
                          f"{'' if not iv else f'{iv[0]:.3f}-{iv[1]:.3f}'} | "
                          f"{'n/a' if bdp is None else f'{bdp:+.1f} %'} | {e['points'][-1]['dice']:.3f} | "
                          f"{'n/a' if ratio is None else f'{1 / ratio:.2f}x'} |")
+    draws = [(r["set"], d) for r in results["sets"] for d in r.get("k1_draws", [])]
+    if draws:
+        def cell(v):
+            return "n/a" if v is None else f"{v:+.1f} %"
+
+        worse = sum(d["worse"] for _, d in draws)
+        lines += ["", f"K=1 with each of the first shots in turn (`--draws`): worse than the pretrained codec in "
+                  f"**{worse} of {len(draws)}** draws (worse = BD-rate vs the pretrained codec above "
+                  f"{WORSE_BD:+.0f} % or top-quality Dice down by more than {WORSE_TOP_DICE}).", "",
+                  "| set | shot | kept | BD-rate vs pretrained | BD-rate vs x265 | top-quality Dice (pretrained) |",
+                  "|---|---|---|---|---|---|"]
+        lines += [f"| {s} | {d['shot']} | {'yes' if d['kept'] else 'no'} | {cell(d['bd_vs_pretrained'])} | "
+                  f"{cell(d['bd_vs_hevc'])} | {d['top_dice']:.3f} ({d['pretrained_top_dice']:.3f})"
+                  f"{' **worse**' if d['worse'] else ''} |" for s, d in draws]
     for r in results["sets"]:
         extra = {k: v for k, v in r.get("segmenter", {}).items() if k in ("steps", "crop", "batch_size")}
         if extra.get("crop"):
@@ -321,6 +376,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.quick:
         args.n, args.segmenter_steps, args.train_images, args.md = 4, 100, 8, ""
+        args.draws = min(args.draws, 2)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     from rate_task import _git_commit, command_line, update_section
 

@@ -89,6 +89,8 @@ class _HelpFormatter(argparse.HelpFormatter):
         if source is None:
             return action.help
         value = config_default(*source)
+        if value is None:   # the help text says where the value comes from (e.g. the codec file)
+            return action.help
         value = ",".join(value) if isinstance(value, tuple) else value
         return f"{action.help or ''} (default: {value})".lstrip()
 
@@ -134,7 +136,7 @@ NUMERIC_FLAGS: dict[str, tuple] = {
     "batch_size": (int, 1, 4096), "crop": (int, 64, 8192), "images": (int, 1, 10**7),
     "image_size": (int, 64, 8192), "N": (int, 1, 4096), "M": (int, 1, 4096), "num_qualities": (int, 1, 255),
     "lambda_adv": (float, 0, 1e9), "gain_lr_scale": (float, 0, 1e6, True), "shots": (int, 1, 64),
-    "lr": (float, 0, 10, True), "lambda_d": (float, 0, 1e9), "lambda_t": (float, 0, 1e9),
+    "lr": (float, 0, 10, True), "lambda_d": (float, 0, 1e9), "lambda_t": (float, 0, 1e9), "prox_mu": (float, 0, 1e6),
     "dp_noise": (float, 0, 1e6), "max_grad_norm": (float, 0, 1e6, True), "delta": (float, 0, 1, True, True),
     "limit": (int, 1, 10**7), "bandwidth": (float, 0, 1e9, True), "study_images": (int, 1, 10**7),
     "quality": (int, 1, 255),
@@ -268,9 +270,13 @@ def build_parser() -> argparse.ArgumentParser:
     _config_flag(p, "--steps", ADAPT, type=int)
     _config_flag(p, "--lr", ADAPT, type=float, help="learning rate (Adam)")
     _config_flag(p, "--groups", ADAPT, help="comma-separated parameter groups to train")
-    _config_flag(p, "--lambda-d", ADAPT, type=float, help="distortion weight of the loss")
-    _config_flag(p, "--lambda-t", ADAPT, type=float, help="task-loss weight of the loss")
+    _config_flag(p, "--lambda-d", ADAPT, type=float, help="distortion weight of the loss (default: the codec's "
+                 "own, from its file's training record; else 0.0002)")
+    _config_flag(p, "--lambda-t", ADAPT, type=float, help="task-loss weight of the loss (default: the codec's own; "
+                 "else 1)")
     _config_flag(p, "--seed", ADAPT, type=int)
+    _config_flag(p, "--prox-mu", ADAPT, type=float, help="trust region: pull towards the pretrained subset per "
+                 "step, times the learning rate (0 = none)")
     p.add_argument("--dp-noise", type=float, default=0.0, help="Opacus DP-SGD noise multiplier (0 = no DP)")
     _config_flag(p, "--dp-clip", DP, dest="max_grad_norm", type=float, metavar="NORM",
                  help="Opacus per-sample clipping norm")
@@ -469,7 +475,7 @@ def adapt_config_from_args(args: argparse.Namespace) -> Any:
     from fedcodec.adapt import AdaptConfig, dp_config
     from fedcodec.run_config import parse_groups
 
-    kw = _given(args, ("steps", "lr", "lambda_d", "lambda_t", "seed", "select", "device"))
+    kw = _given(args, ("steps", "lr", "lambda_d", "lambda_t", "seed", "prox_mu", "select", "device"))
     if hasattr(args, "groups"):
         try:
             kw["groups"] = parse_groups(args.groups)
@@ -480,7 +486,7 @@ def adapt_config_from_args(args: argparse.Namespace) -> Any:
 
 
 def cmd_adapt(args: argparse.Namespace) -> None:
-    from fedcodec.adapt import adapt, config_dict
+    from fedcodec.adapt import adapt, config_dict, resolved
     from fedcodec.data import load_data
     from fedcodec.model_io import check_new_output, load_codec, load_task, save_codec, write_json
 
@@ -500,6 +506,7 @@ def cmd_adapt(args: argparse.Namespace) -> None:
         if not unlabeled:
             raise _usage(f"--unlabeled {args.unlabeled} holds no images")
     base_id = codec.identity_hash(["base"])
+    config = resolved(config, codec)   # the loss weights the run used, written into the record
     result = adapt(codec, task_net, samples, config, progress=True, unlabeled=unlabeled)
     if codec.identity_hash(["base"]) != base_id:  # adapt checks this too; a second look costs a millisecond
         raise RuntimeError("base codec changed during adaptation")

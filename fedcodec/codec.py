@@ -227,6 +227,9 @@ class SemanticCodec(CompressionModel):
         # Values derived from the parameters (identity hash, float64 copies), each stored with the
         # parameter version it was computed from (see _parameter_version).
         self._derived: dict = {}
+        # The loss weights the codec was trained with (fedcodec.losses.LossWeights), from its file; few-shot
+        # adaptation uses them by default. Not a parameter: not in the state dict or the identity hash.
+        self.training_loss = None
 
     # ------------------------------------------------------------------ building blocks
     def _quality_tensor(self, quality: int | torch.Tensor, batch: int, device: torch.device) -> torch.Tensor:

@@ -15,7 +15,9 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -23,6 +25,42 @@ import torch.nn.functional as F
 
 from fedcodec.codec import bits_per_pixel
 from fedcodec.task_net import foreground_probability, segmentation_loss
+
+
+def training_loss_from_meta(meta: Mapping[str, Any], num_qualities: int) -> LossWeights | None:
+    """The rate-distortion-task trade-off a codec was trained with, from its file's metadata: the
+    ``training_loss`` record (written by :func:`fedcodec.model_io.save_codec`) or else the last semantic stage
+    of its ``pretrain`` record. None when the file records neither.
+
+    Few-shot adaptation uses it by default (:class:`fedcodec.adapt.AdaptConfig`): adapting with other weights
+    than the codec's ladder was trained with moves every quality to another operating point (fewer bits at
+    the top quality, a worse reading there) instead of improving the curve at the points it has.
+
+    Raises ValueError for a record that is not a valid set of weights (a hostile or damaged file)."""
+    record = meta.get("training_loss")
+    if record is None:
+        pretrain = meta.get("pretrain")
+        config = pretrain.get("config") if isinstance(pretrain, Mapping) else None
+        stages = config.get("stages") if isinstance(config, Mapping) else None
+        semantic = [st for st in stages if isinstance(st, Mapping) and st.get("lambda_t")] \
+            if isinstance(stages, list) else []
+        if not semantic:
+            return None
+        record = {"lambda_d": semantic[-1].get("lambda_d"), "lambda_t": semantic[-1].get("lambda_t"),
+                  "quality_weights": config.get("quality_weights") or []}
+    if not isinstance(record, Mapping):
+        raise ValueError(f"training_loss must be a mapping, got {type(record).__name__}")
+    try:
+        lambda_d, lambda_t = float(record["lambda_d"]), float(record["lambda_t"])
+        weights = [float(w) for w in record.get("quality_weights") or []]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"training_loss is not a set of loss weights ({exc})") from None
+    values = [lambda_d, lambda_t, *weights]
+    if not all(math.isfinite(v) and v >= 0 for v in values):
+        raise ValueError(f"training_loss holds negative or non-finite weights: {values}")
+    if weights and len(weights) != num_qualities:
+        raise ValueError(f"training_loss has {len(weights)} quality weights for {num_qualities} qualities")
+    return LossWeights(lambda_d, lambda_t, 0.0, weights)
 
 
 def default_quality_weights(num_qualities: int, low: float = 0.06, high: float = 8.0) -> list[float]:

@@ -17,6 +17,7 @@ wrote still decode without ``--model`` (:func:`embedded_codec_for`).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import tempfile
@@ -28,6 +29,7 @@ import torch.nn as nn
 
 from fedcodec.codec import SemanticCodec
 from fedcodec.errors import ModelFileError, OutputExistsError
+from fedcodec.losses import training_loss_from_meta
 from fedcodec.task_net import load_task_network, save_task_network
 
 CODEC_FORMAT = "fedcodec-codec"
@@ -72,6 +74,9 @@ def save_codec(codec: SemanticCodec, path: str | Path, meta: dict[str, Any] | No
     codec.update(force=True)
     model_id, base_id = codec.identity_hash(), codec.identity_hash(["base"])
     meta = {**(meta or {}), "model_id": model_id, "base_id": base_id, "parameter_counts": codec.parameter_counts()}
+    if codec.training_loss is not None and "training_loss" not in meta:
+        # carried from file to file (an adapted or exported codec keeps the trade-off it was trained with)
+        meta["training_loss"] = dataclasses.asdict(codec.training_loss)
     header = {"format": CODEC_FORMAT, "format_version": str(CODEC_FORMAT_VERSION), "model_id": model_id,
               "base_id": base_id, "config": json.dumps(dict(codec.config)), "meta": json.dumps(meta, default=_jsonable)}
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in codec.state_dict().items()}
@@ -182,6 +187,10 @@ def load_codec(path: str | Path | None = None, device: str | torch.device = "cpu
     except (TypeError, RuntimeError, KeyError, ValueError) as exc:
         first = " ".join(str(exc).split())[:300]   # torch lists every mismatching key on its own line
         raise ModelFileError(f"{path}: the weights do not fit the recorded codec configuration: {first}") from exc
+    try:
+        codec.training_loss = training_loss_from_meta(payload.get("meta") or {}, codec.num_qualities)
+    except ValueError as exc:
+        raise ModelFileError(f"{path}: {exc}") from None
     bad = [k for k, v in codec.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
     if bad:
         raise ModelFileError(f"{path}: {len(bad)} tensor(s) hold NaN or infinite values (e.g. {bad[0]})")

@@ -444,6 +444,8 @@ def pretrain(config: PretrainConfig | None, out_dir: str | Path, task_net: torch
             loss_fn = SemanticLoss(LossWeights(stage.lambda_d, lambda_t, config.lambda_adv if lambda_t else 0.0,
                                                list(config.quality_weights)),
                                    config.num_qualities, discriminator=disc).to(device)
+            if lambda_t:   # the trade-off adaptation will use by default (saved with every codec file)
+                codec.training_loss = LossWeights(stage.lambda_d, lambda_t, 0.0, list(config.quality_weights))
             log.info("pretrain stage %d/%d '%s' from step %d, lambda_d %g, lambda_t %g", stage_idx + 1,
                      len(config.stages), stage.name, step, stage.lambda_d, lambda_t)
         x, m = random_crops(pool, rng, config.batch_size, config.crop)

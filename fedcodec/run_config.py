@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from fedcodec.adapt import AdaptConfig, DPConfig
+from fedcodec.losses import LossWeights
 
 _ADAPT, _DP = AdaptConfig(), DPConfig()
 
@@ -47,8 +48,8 @@ SECTIONS: list[tuple[str, list[tuple[str, Any, str]]]] = [
         ("lr", _ADAPT.lr, ""),
         ("shots", 1, "K annotated samples per hospital used for training"),
         ("groups", ",".join(_ADAPT.groups), "parameter groups that train and travel"),
-        ("lambda-d", _ADAPT.lambda_d, ""),
-        ("lambda-t", _ADAPT.lambda_t, ""),
+        ("lambda-d", LossWeights.lambda_d, ""),
+        ("lambda-t", LossWeights.lambda_t, ""),
         ("crop", 128, "training crop (0 = the largest multiple of 64 that fits)"),
         ("train-qualities", "", '1-based, comma-separated; "" = all'),
         ("threads", 0, "torch threads per ClientApp (0 = torch's default; Ray sets 1 per CPU)"),

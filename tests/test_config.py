@@ -49,13 +49,11 @@ def test_write_pyproject_replaces_only_the_table(tmp_path):
 def test_run_config_defaults_derive_from_adapt_and_dp_config(monkeypatch):
     import fedcodec.adapt as A
 
-    monkeypatch.setattr(A, "AdaptConfig", lambda: AdaptConfig(lr=0.123, lambda_d=7.0, lambda_t=0.5, seed=9,
-                                                              groups=("policy",)))
+    monkeypatch.setattr(A, "AdaptConfig", lambda: AdaptConfig(lr=0.123, seed=9, groups=("policy",)))
     monkeypatch.setattr(A, "DPConfig", lambda: DPConfig(noise_multiplier=3.0, max_grad_norm=0.25, delta=1e-7))
     try:
         importlib.reload(C)
-        assert {k: C.DEFAULTS[k] for k in ("lr", "lambda-d", "lambda-t", "seed", "groups")} == {
-            "lr": 0.123, "lambda-d": 7.0, "lambda-t": 0.5, "seed": 9, "groups": "policy"}
+        assert {k: C.DEFAULTS[k] for k in ("lr", "seed", "groups")} == {"lr": 0.123, "seed": 9, "groups": "policy"}
         assert (C.DEFAULTS["sample-dp.noise-multiplier"], C.DEFAULTS["sample-dp.max-grad-norm"],
                 C.DEFAULTS["sample-dp.delta"]) == (3.0, 0.25, 1e-7)
     finally:
@@ -64,11 +62,20 @@ def test_run_config_defaults_derive_from_adapt_and_dp_config(monkeypatch):
     assert C.DEFAULTS["lr"] == AdaptConfig.lr
 
 
-def test_adapt_config_loss_weights_are_the_loss_defaults():
-    fields = AdaptConfig.__dataclass_fields__
-    # the same objects, not equal copies: a literal typed again in AdaptConfig would be another float object
-    assert fields["lambda_d"].default is LossWeights.lambda_d
-    assert fields["lambda_t"].default is LossWeights.lambda_t
+def test_loss_weights_come_from_the_codec_then_the_loss_defaults():
+    from conftest import make_tiny_codec
+
+    from fedcodec.adapt import loss_weights
+
+    # the run config (Flower rounds set them explicitly) takes the loss's defaults, the same objects
+    assert C.DEFAULTS["lambda-d"] is LossWeights.lambda_d and C.DEFAULTS["lambda-t"] is LossWeights.lambda_t
+    codec = make_tiny_codec(0)
+    assert codec.training_loss is None
+    assert loss_weights(AdaptConfig(), codec) == LossWeights()          # no record: the loss's defaults
+    codec.training_loss = LossWeights(5e-4, 1.0, 0.0, [0.5, 1.0, 2.0, 4.0][:codec.num_qualities])
+    assert loss_weights(AdaptConfig(), codec) == codec.training_loss     # the codec's own trade-off
+    mixed = loss_weights(AdaptConfig(lambda_d=1e-3, quality_weights=[1.0] * codec.num_qualities), codec)
+    assert (mixed.lambda_d, mixed.lambda_t, mixed.quality_weights) == (1e-3, 1.0, [1.0] * codec.num_qualities)
 
 
 def test_cli_adapt_flags_have_no_defaults_of_their_own():
@@ -115,4 +122,7 @@ def test_config_flag_defaults_resolve(command):
         if hasattr(action, "config_default"):
             from fedcodec.cli import config_default
 
-            assert config_default(*action.config_default) is not None, action.dest
+            module, _, cls = action.config_default[0].partition(":")
+            assert action.config_default[1] in vars(importlib.import_module(module))[cls].__dataclass_fields__
+            if config_default(*action.config_default) is None:   # resolved later: the help must say from what
+                assert "default:" in action.help, action.dest

@@ -35,3 +35,20 @@ def test_heavier_side_information_costs_bits():
     heavier = heldout.side_info_counterfactual(light, _set([100] * 5))["pretrained"]
     # 84 more bytes per 256x256 image (+0.010 bpp) nearly doubles the lowest-rate point: tens of percent
     assert heavier - same > 20
+
+
+def test_a_draw_that_slides_down_the_curve_counts_as_worse():
+    s = _set([16] * 5)
+    pre, hevc = s["codecs"]["pretrained"]["points"], s["codecs"]["hevc"]["points"]
+    same = heldout.draw_summary(0, {"points": pre, "kept": 1.0, "selection": ""}, pre, hevc)
+    assert same["bd_vs_pretrained"] == pytest.approx(0.0, abs=1e-6) and not same["worse"]
+    # fewer bits at every quality but a lower top-quality Dice: worse however good the BD-rate looks
+    slid = [{"bpp": p["bpp"] * 0.6, "dice": p["dice"] - (0.02 if i == 4 else 0.0)} for i, p in enumerate(pre)]
+    d = heldout.draw_summary(1, {"points": slid, "kept": 1.0, "selection": ""}, pre, hevc)
+    assert d["bd_vs_pretrained"] < 0 and d["worse"]
+    # the same curve needing twice the bits: worse
+    costly = [{"bpp": p["bpp"] * 2, "dice": p["dice"]} for p in pre]
+    assert heldout.draw_summary(2, {"points": costly, "kept": 1.0, "selection": ""}, pre, hevc)["worse"]
+    # a refused adaptation is the pretrained codec itself: never worse
+    refused = heldout.draw_summary(3, {"points": pre, "kept": 0.0, "selection": "kept"}, pre, hevc)
+    assert refused["bd_vs_pretrained"] == 0.0 and not refused["worse"]

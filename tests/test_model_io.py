@@ -116,3 +116,32 @@ def test_export_reads_a_safetensors_codec_file(tmp_path):
     state, groups, info = read_subset(path, make_tiny_codec(0))
     assert info["kind"] == "codec file" and set(groups) == {"policy", "adapters"}
     assert torch.equal(state["policy.out.bias"], adapted.policy.out.bias)
+
+
+def test_codec_files_carry_the_training_trade_off(tmp_path):
+    """load_codec reads the loss weights a codec was trained with (its pretrain record, or a training_loss record),
+    save_codec carries them to the next file (an adapted codec keeps them), and a damaged record is refused."""
+    from conftest import make_tiny_codec
+    from fedcodec.losses import LossWeights
+    from fedcodec.model_io import load_codec, save_codec
+
+    default = load_codec(None)   # the embedded default: its pretrain record's semantic stage and quality weights
+    assert default.training_loss.lambda_d == 5e-4 and default.training_loss.lambda_t == 1.0
+    assert default.training_loss.quality_weights[0] == 0.04 and default.training_loss.quality_weights[-1] == 32.0
+    codec = make_tiny_codec(0)
+    q = codec.num_qualities
+    stages = [{"lambda_d": 2e-3, "lambda_t": 0.0}, {"lambda_d": 7e-4, "lambda_t": 0.5}]
+    first = save_codec(codec, tmp_path / "a.pt", meta={"pretrain": {"config": {"stages": stages,
+                                                                            "quality_weights": [1.0] * q}}})
+    loaded = load_codec(first)
+    assert loaded.training_loss == LossWeights(7e-4, 0.5, 0.0, [1.0] * q)
+    second = load_codec(save_codec(loaded, tmp_path / "b.pt", meta={"adapt": {"note": "no pretrain record"}}))
+    assert second.training_loss == loaded.training_loss
+    assert load_codec(save_codec(make_tiny_codec(0), tmp_path / "c.pt")).training_loss is None
+    for bad, word in (({"lambda_d": -1.0, "lambda_t": 1.0}, "negative or non-finite"),
+                      ({"lambda_d": float("nan"), "lambda_t": 1.0}, "negative or non-finite"),
+                      ({"lambda_d": 1e-3, "lambda_t": 1.0, "quality_weights": [1.0]}, "quality weights for"),
+                      ({"lambda_t": 1.0}, "not a set of loss weights"), ("oops", "must be a mapping")):
+        path = save_codec(make_tiny_codec(0), tmp_path / "bad.pt", meta={"training_loss": bad}, overwrite=True)
+        with pytest.raises(ModelFileError, match=word):
+            load_codec(path)

@@ -30,7 +30,7 @@ def shots():
 def test_adapt_changes_only_the_subset(task_net, shots):
     codec = make_tiny_codec(0)
     before = {k: v.clone() for k, v in codec.state_dict().items()}
-    result = adapt(codec, task_net, shots[:1], AdaptConfig(steps=4, lr=1e-2))
+    result = adapt(codec, task_net, shots[:1], AdaptConfig(steps=4, lr=1e-2, select="none"))
     after = codec.state_dict()
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     trained = {k for k in changed if group_of(k) != "base"}
@@ -67,8 +67,9 @@ def test_adapt_reduces_the_loss(task_net, shots):
 def test_fedprox_pulls_towards_the_global_subset(task_net, shots):
     free, prox = make_tiny_codec(0), make_tiny_codec(0)
     anchor = free.group_state_dict()
-    adapt(free, task_net, shots, AdaptConfig(steps=5, lr=1e-2, seed=1))
-    adapt(prox, task_net, shots, AdaptConfig(steps=5, lr=1e-2, seed=1, prox_mu=50.0), global_state=anchor)
+    adapt(free, task_net, shots, AdaptConfig(steps=5, lr=1e-2, seed=1, prox_mu=0.0, select="none"))
+    adapt(prox, task_net, shots, AdaptConfig(steps=5, lr=1e-2, seed=1, prox_mu=50.0, select="none"),
+          global_state=anchor)
 
     def dist(c):
         return sum(float((v - anchor[k]).norm() ** 2) for k, v in c.group_state_dict().items())
