@@ -126,7 +126,11 @@ def test_identity_hash_cache_follows_every_kind_of_parameter_change(phantom):
     stepped = codec.identity_hash()
     assert stepped != other.identity_hash() and stepped == codec._identity_hash(("base", "policy", "adapters"))
     bias.data = torch.zeros_like(bias) + 0.5                     # a replaced tensor
-    assert codec.identity_hash() == codec._identity_hash(("base", "policy", "adapters")) != stepped
+    replaced = codec.identity_hash()
+    assert replaced == codec._identity_hash(("base", "policy", "adapters")) != stepped
+    bias.data.mul_(3.0)            # in place through .data: no version counter moves, update() must follow
+    codec.update(force=True)
+    assert codec.identity_hash() == codec._identity_hash(("base", "policy", "adapters")) != replaced
     # the encoder's float64 copies follow too: a stream written after the change decodes on a fresh codec
     fresh = make_tiny_codec(1)
     fresh.load_state_dict(codec.state_dict())
@@ -158,6 +162,24 @@ def test_build_indexes_matches_compressai():
         scales = torch.cat([edges.to(dtype), torch.rand(4096, dtype=dtype) * 80, torch.rand(64, dtype=dtype) * 0.1])
         scales = scales.reshape(1, -1, 1, 1)
         assert torch.equal(ours.build_indexes(scales), ref.build_indexes(scales))
+
+
+def test_compress_writes_compressais_strings_and_follows_table_updates(phantom):
+    """The trimmed, cached coder tables give CompressAI's own strings, before and after the tables change."""
+    from compressai.entropy_models.entropy_models import EntropyModel
+
+    codec = make_tiny_codec(0)
+    gc = codec.gaussian_conditional
+    torch.manual_seed(0)
+    for new_tables in (False, True):
+        if new_tables:   # a coarser scale table: the cache must not serve the old tables
+            gc.update_scale_table(torch.exp(torch.linspace(np.log(0.11), np.log(256.0), 40)).tolist(), force=True)
+        scales = torch.rand(2, 8, 16, 16, dtype=torch.float64) * 30
+        values = torch.randn(2, 8, 16, 16, dtype=torch.float64) * scales
+        indexes = gc.build_indexes(scales)
+        ours = gc.compress(values, indexes)
+        assert ours == EntropyModel.compress(gc, values, indexes)
+        assert len(gc._coder_tables()[0]) == len(gc._quantized_cdf)
 
 
 def test_input_checks(codec):
