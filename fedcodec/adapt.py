@@ -4,6 +4,10 @@ One function, :func:`adapt`, serves ``fedcodec adapt`` (one site), the Flower Cl
 round) and the centralised baseline (pooled samples). Only the named groups (``policy``, ``adapters`` by
 default) are trained; the base codec and the task network stay frozen and bit-identical, which is checked.
 
+The loss is the codec's own training trade-off (``SemanticCodec.training_loss``, from its file) unless the
+config sets weights: other weights would move every quality to another operating point instead of improving the
+curve at the points the codec was trained for (:class:`AdaptConfig`).
+
 A trust region, on by default: after every optimiser step the subset is pulled towards the subset it started
 from (the server's global subset in a federated round, where this is FedProx's proximal term; the pretrained
 subset in ``fedcodec adapt``), ``w <- w - lr * mu * (w - w_anchor)`` (the proximal term's gradient step; applied
