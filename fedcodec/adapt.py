@@ -240,17 +240,41 @@ def _decoded_losses(codec: SemanticCodec, task_net: torch.nn.Module, images: tor
 
 
 def heldout_loss(codec: SemanticCodec, task_net: torch.nn.Module, images: torch.Tensor, masks: torch.Tensor,
-                 config: AdaptConfig) -> tuple[float, float]:
+                 config: AdaptConfig, curve: list | None = None) -> tuple[float, float]:
     """The adaptation objective on held-out pixels, as decoding sees it: rounded latents, every trained quality.
 
     Returns:
         ``(objective, top_task)``: the objective's mean over images and qualities, and the task loss (Dice + CE,
-        unweighted) at the highest trained quality; lower is better for both.
+        unweighted) at the highest trained quality; lower is better for both. ``curve``, when given, receives
+        the ``(bpp, task loss)`` pair of every quality (what :func:`equal_rate_task_ratio` compares).
     """
     weights = LossWeights(config.lambda_d, config.lambda_t, 0.0, list(config.quality_weights))
     losses = _decoded_losses(codec, task_net, images, masks, sorted(config.qualities or range(codec.num_qualities)),
                              weights)
+    if curve is not None:
+        curve[:] = [(float(x["bpp"]), float(x["task"])) for x in losses]
     return sum(float(x["loss"]) for x in losses) / len(losses), float(losses[-1]["task"])
+
+
+def equal_rate_task_ratio(base: Sequence[tuple[float, float]], new: Sequence[tuple[float, float]],
+                          grid: int = 64) -> float:
+    """How ``new``'s task loss compares with ``base``'s at equal rate: the ratio of their means over the log-rate
+    interval both curves cover (each a ``(bpp, task loss)`` pair per quality, interpolated linearly in log bpp);
+    1 = the same curve, below 1 = a better one; ``inf`` when the rate ranges do not overlap.
+
+    A lower objective can come from moving along the curve rather than improving it: every quality spending
+    more bits for a little more Dice (or fewer bits for less). This is the held-out analogue of a BD measure on
+    the task loss, which only an improvement of the curve itself passes."""
+    def prepared(curve):
+        pts = sorted((math.log(max(b, 1e-9)), t) for b, t in curve)
+        return np.array([p[0] for p in pts]), np.array([p[1] for p in pts])
+
+    (rb, tb), (rn, tn) = prepared(base), prepared(new)
+    lo, hi = max(rb[0], rn[0]), min(rb[-1], rn[-1])
+    if not hi > lo:
+        return math.inf
+    r = np.linspace(lo, hi, grid)
+    return float(np.interp(r, rn, tn).mean()) / max(float(np.interp(r, rb, tb).mean()), 1e-12)
 
 
 def choose_steps(base: Sequence[float], checks: Sequence[Sequence[float]], min_gain: float,
@@ -335,15 +359,20 @@ def adapt(codec: SemanticCodec, task_net: torch.nn.Module, samples: Sequence[Sam
     tr_x, tr_m, va_x, va_m = split
     initial = codec.group_state_dict(config.groups)
     top = max(config.qualities or range(codec.num_qualities))
-    guard_names = ["top-quality task loss"]
+    guard_names = ["top-quality task loss", "task loss at equal rate (ratio)"]
     if unlabeled is not None:
         ux = unlabeled if isinstance(unlabeled, torch.Tensor) else _unlabeled_tensor(unlabeled, config.crop)
         ux = ux.to(device)
         ut = consistency_targets(task_net, ux)
         guard_names.append(f"consistency on {len(ux)} unannotated scans")
+    base_curve: list = []
 
     def measure() -> tuple[float, ...]:
-        values = heldout_loss(codec, task_net, va_x, va_m, config)
+        curve: list = []
+        objective, top_task = heldout_loss(codec, task_net, va_x, va_m, config, curve=curve)
+        if not base_curve:
+            base_curve.extend(curve)
+        values = (objective, top_task, equal_rate_task_ratio(base_curve, curve))
         if unlabeled is not None:
             values = (*values, top_quality_task_loss(codec, task_net, ux, ut, top))
         return values
@@ -373,7 +402,9 @@ def adapt(codec: SemanticCodec, task_net: torch.nn.Module, samples: Sequence[Sam
                               "task": math.nan, "epsilon": 0.0}, [])
     result.metrics.update(selected_steps=float(best_step), kept=float(keep), heldout_start=base[0],
                           heldout_best=best, heldout_top_task_start=base[1], seconds=time.perf_counter() - start,
-                          **({"consistency_start": base[2]} if len(base) > 2 else {}))
+                          **({"equal_rate_task_ratio": next(c[3] for c in checks if c[0] == best_step)}
+                             if keep else {}),
+                          **({"consistency_start": base[3]} if len(base) > 3 else {}))
     result.reason = why
     return result
 

@@ -209,6 +209,36 @@ def test_task_network_files_are_config_plus_weights(tmp_path, arch, features):
         load_task_network(tmp_path / "foreign.pt")
 
 
+def test_equal_rate_task_ratio_tells_a_better_curve_from_a_move_along_it():
+    from fedcodec.adapt import equal_rate_task_ratio
+
+    base = [(0.01, 0.9), (0.02, 0.6), (0.04, 0.4), (0.08, 0.3)]
+    assert equal_rate_task_ratio(base, base) == pytest.approx(1.0)
+    # every quality moved along the same curve (fewer bits, worse reading): no better, no worse
+    assert equal_rate_task_ratio(base, [(0.01, 0.9), (0.02, 0.6), (0.04, 0.4)]) == pytest.approx(1.0)
+    assert equal_rate_task_ratio(base, [(b, 0.8 * t) for b, t in base]) == pytest.approx(0.8)
+    # more bits for a slightly better reading at each quality: worse at equal rate
+    assert equal_rate_task_ratio(base, [(1.5 * b, 0.95 * t) for b, t in base]) > 1.0
+    assert equal_rate_task_ratio(base, [(b / 2, t) for b, t in base]) < 1.0        # the same reading, half the bits
+    assert equal_rate_task_ratio(base, [(1.0, 0.1), (2.0, 0.05)]) == float("inf")   # no common rate
+
+
+def test_adapt_selection_checks_the_task_loss_at_equal_rate(task_net, shots):
+    """The held-out selection measures the rate-task curve at every check and keeps a step count only where
+    the adapted curve is no worse at equal rate; choose_steps refuses a check whose ratio is above 1 however
+    much its objective improved."""
+    from fedcodec.adapt import choose_steps
+
+    codec = make_tiny_codec(0)
+    result = adapt(codec, task_net, shots[:1], AdaptConfig(steps=20, lr=5e-2, check_every=5, prox_mu=0.0))
+    assert "task loss at equal rate (ratio) 1.0000 ->" in result.reason
+    if result.metrics["kept"]:
+        assert 0.0 < result.metrics["equal_rate_task_ratio"] <= 1.0
+    names = ("top-quality task loss", "task loss at equal rate (ratio)")
+    assert choose_steps((1.0, 0.5, 1.0), [(10, 0.6, 0.5, 1.03)], 0.005, 0.0, names)[0] == 0
+    assert choose_steps((1.0, 0.5, 1.0), [(10, 0.6, 0.5, 0.97)], 0.005, 0.0, names)[0] == 10
+
+
 def test_choose_steps_keeps_only_what_beats_the_start_without_costing_the_top_quality():
     from fedcodec.adapt import choose_steps
 
