@@ -427,7 +427,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", default=None, help=f"output folder (default {rel(DEFAULT_OUT)}; --quick: "
                    f"{rel(DEFAULT_OUT)}_quick)")
     p.add_argument("--md", default=None, help="markdown file whose rate_task section is rewritten (default "
-                   "BENCHMARKS.md at the repository root; --quick: OUT/BENCHMARKS.md)")
+                   "BENCHMARKS.md at the repository root; --quick: OUT/BENCHMARKS.md; '' = none)")
     args = p.parse_args(argv)
     if args.eval_seed == args.shots_seed:
         p.error("--eval-seed and --shots-seed must differ (the evaluation images must be held out)")
@@ -441,7 +441,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if any(k < 1 for k in args.shots):
         p.error("--shots values must be >= 1")
     args.out = Path(args.out) if args.out else (Path(str(DEFAULT_OUT) + "_quick") if args.quick else DEFAULT_OUT)
-    args.md = Path(args.md) if args.md else (args.out / "BENCHMARKS.md" if args.quick else DEFAULT_MD)
+    args.md = None if args.md == "" else Path(args.md) if args.md else (
+        args.out / "BENCHMARKS.md" if args.quick else DEFAULT_MD)
     return args
 
 
@@ -557,7 +558,7 @@ def main(argv: list[str] | None = None) -> int:
         "seconds": {"adaptation": t_adapt, "evaluation": t_eval, "total": time.perf_counter() - t_start},
     }
     paths = write_report(results, args.out)
-    md = update_section(args.md, SECTION, section_markdown(results, args.md))
+    md = update_section(args.md, SECTION, section_markdown(results, args.md)) if args.md else "(no markdown)"
     log.info("results -> %s, %s, %s; section '%s' -> %s (%.0f s in all)", paths["json"], paths["markdown"],
              paths["plot"], SECTION, md, results["benchmark"]["seconds"]["total"])
     return 0

@@ -497,25 +497,26 @@ class SemanticCodec(CompressionModel):
 
     def _parameter_version(self) -> tuple | None:
         """A key that changes whenever a parameter is replaced (``.to()``, ``.data =``) or changed in place
-        (optimiser steps, ``load_state_dict``): every tensor's storage address and version counter, with the
-        storages themselves (kept alive while cached, so that no new tensor can take their address). In-place
-        writes through ``.data`` bump no counter: :meth:`update`, which must follow any change, clears the
-        caches. None when parameters keep no version counter (inference mode): nothing is cached then."""
+        (optimiser steps, ``load_state_dict``): every parameter's storage address and version counter. A cache
+        entry holds the storages its key names (:meth:`_cached`), so no new tensor can take one of those
+        addresses while the entry lives. In-place writes through ``.data`` bump no counter: :meth:`update`,
+        which must follow any change, clears the caches. None when parameters keep no version counter
+        (inference mode): nothing is cached then."""
         try:
-            return tuple((p.detach(), p.data_ptr(), p._version) for p in self.parameters())
+            return tuple((p.data_ptr(), p._version) for p in self.parameters())
         except RuntimeError:
             return None
 
-    def _cached(self, name: str, compute):
+    def _cached(self, name, compute):
         """``compute()``, reused while no parameter has changed since (an encode needs the identity hash and the
         float64 hyper-synthesis each time: about 15 % of encoding a 512x512 image, recomputed)."""
         version = self._parameter_version()
         hit = self._derived.get(name)
-        if version is not None and hit is not None and _same_version(hit[0], version):
-            return hit[1]
+        if version is not None and hit is not None and hit[0] == version:
+            return hit[2]
         value = compute()
         if version is not None:
-            self._derived[name] = (version, value)
+            self._derived[name] = (version, [p.detach() for p in self.parameters()], value)
         return value
 
     def identity_hash(self, groups: Iterable[str] = ALL_GROUPS) -> str:
@@ -531,12 +532,6 @@ class SemanticCodec(CompressionModel):
                 h.update(key.encode())
                 h.update(p.detach().cpu().contiguous().to(torch.float32).numpy().tobytes())
         return h.hexdigest()
-
-
-def _same_version(a: tuple, b: tuple) -> bool:
-    """Whether two :meth:`SemanticCodec._parameter_version` keys match (addresses and counters; the tensors in
-    them only hold their storages)."""
-    return len(a) == len(b) and all(x[1:] == y[1:] for x, y in zip(a, b))
 
 
 def _check_groups(groups: Iterable[str]) -> tuple[str, ...]:
