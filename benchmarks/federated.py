@@ -211,7 +211,8 @@ def main(argv: list[str] | None = None) -> int:
 
     # --- single-site and centralized baselines: the same adapt() with the same total number of steps
     steps_rc = {**base_rc, "local-steps": args.rounds * args.local_steps}
-    cfg = adapt_config(steps_rc, base.num_qualities, ("policy", "adapters"))
+    cfg = adapt_config(steps_rc, base.num_qualities, ("policy", "adapters"),
+                       has_training_loss=base.training_loss is not None)
     t0 = time.perf_counter()
     single = {}
     for h in hospitals:

@@ -32,6 +32,7 @@ from fedcodec.codec import SemanticCodec
 from fedcodec.data import Sample, load_folder, make_phantoms
 from fedcodec.errors import DataError, ModelMismatchError, UpdateRejectedError
 from fedcodec.evaluate import evaluate_codec, uncompressed_dice
+from fedcodec.losses import default_quality_weights
 from fedcodec.model_io import load_codec, load_task
 
 log = logging.getLogger("flwr.fedcodec.clients")
@@ -189,15 +190,23 @@ def _dir_key(path: str) -> tuple:
 
 
 def adapt_config(run_config: Mapping[str, Any], num_qualities: int, groups: tuple[str, ...],
-                 prox_mu: float = 0.0, seed_offset: int = 0, device: str = "cpu") -> AdaptConfig:
-    """The AdaptConfig of one local round (the same settings ``fedcodec adapt`` exposes)."""
+                 prox_mu: float = 0.0, seed_offset: int = 0, device: str = "cpu",
+                 has_training_loss: bool = False) -> AdaptConfig:
+    """The AdaptConfig of one local round (the same settings ``fedcodec adapt`` exposes).
+    ``has_training_loss``: the codec records the trade-off it was trained with (``codec.training_loss``)."""
     tq = C.get(run_config, "train-qualities")
     qualities = tuple(C.parse_qualities(tq, num_qualities, default="all")) if tq.strip() else ()
     dp = dp_config(C.get(run_config, "sample-dp.enabled"), C.get(run_config, "sample-dp.noise-multiplier"),
                    C.get(run_config, "sample-dp.max-grad-norm"), C.get(run_config, "sample-dp.delta"),
                    C.get(run_config, "sample-dp.sample-rate"))
+    # None = the codec's training trade-off (adapt reads codec.training_loss); the run config's lambda-d and
+    # lambda-t when asked for, or when the codec file records no trade-off.
+    own = C.parse_loss_weights(C.get(run_config, "loss-weights")) == "codec" and has_training_loss
+    lambda_d = None if own else C.get(run_config, "lambda-d")
+    lambda_t = None if own else C.get(run_config, "lambda-t")
+    quality_weights = [] if own else default_quality_weights(num_qualities)   # [] = the codec's
     return AdaptConfig(steps=C.get(run_config, "local-steps"), lr=C.get(run_config, "lr"), groups=groups,
-                       lambda_d=C.get(run_config, "lambda-d"), lambda_t=C.get(run_config, "lambda-t"),
+                       lambda_d=lambda_d, lambda_t=lambda_t, quality_weights=quality_weights,
                        qualities=qualities, crop=C.get(run_config, "crop"), prox_mu=float(prox_mu),
                        seed=C.get(run_config, "seed") + seed_offset, dp=dp,
                        # One federated round is judged by aggregation and federated evaluation, not by the
@@ -232,7 +241,7 @@ def train_site(codec: SemanticCodec, task_net: torch.nn.Module, data: SiteData, 
     ``dice``, ``epsilon``, ``seconds``) and the Opacus accountant history (empty without sample-level DP).
     """
     cfg = adapt_config(run_config, codec.num_qualities, groups, prox_mu, seed_offset=1000 * server_round,
-                       device=str(device))
+                       device=str(device), has_training_loss=codec.training_loss is not None)
     result = adapt(codec, task_net, data.train, cfg, global_state=dict(global_state), dp_history=dp_history)
     m = result.metrics
     metrics = {"num-examples": 1.0 if equal_weights else float(m["examples"]), "examples": float(m["examples"]),

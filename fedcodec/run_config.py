@@ -8,9 +8,10 @@ only the app code). The apps read the run config only through :func:`get`, which
 
 Where each default is written:
 
-- knobs that ``fedcodec adapt`` has too (``lr``, ``groups``, ``lambda-d``, ``lambda-t``, ``seed``,
-  ``sample-dp.*``) take :class:`fedcodec.adapt.AdaptConfig`'s and :class:`fedcodec.adapt.DPConfig`'s
-  defaults (whose loss weights come from :class:`fedcodec.losses.LossWeights`);
+- knobs that ``fedcodec adapt`` has too (``lr``, ``groups``, ``seed``, ``sample-dp.*``) take
+  :class:`fedcodec.adapt.AdaptConfig`'s and :class:`fedcodec.adapt.DPConfig`'s defaults; ``lambda-d`` and
+  ``lambda-t`` take :class:`fedcodec.losses.LossWeights`' (used when ``loss-weights`` is ``run-config`` or
+  the codec file records no training trade-off);
 - the federation's own knobs (rounds, strategy, central DP, simulation) are written in :data:`SECTIONS`;
 - ``[tool.flwr.app.config]`` in pyproject.toml (which Flower reads, and which must list a key for
   ``flwr run --run-config`` to override it) is generated from :data:`SECTIONS`:
@@ -48,6 +49,9 @@ SECTIONS: list[tuple[str, list[tuple[str, Any, str]]]] = [
         ("lr", _ADAPT.lr, ""),
         ("shots", 1, "K annotated samples per hospital used for training"),
         ("groups", ",".join(_ADAPT.groups), "parameter groups that train and travel"),
+        ("loss-weights", "run-config", "run-config: lambda-d / lambda-t | codec: the loss weights the codec was "
+                                       "trained with (its file's record), as `fedcodec adapt` does (measured "
+                                       "worse in rounds: BENCHMARKS.md federated)"),
         ("lambda-d", LossWeights.lambda_d, ""),
         ("lambda-t", LossWeights.lambda_t, ""),
         ("crop", 128, "training crop (0 = the largest multiple of 64 that fits)"),
@@ -121,6 +125,17 @@ def get(run_config: Mapping[str, Any] | None, key: str) -> Any:
     if isinstance(default, float):
         return float(value)
     return str(value)
+
+
+LOSS_WEIGHTS = ("codec", "run-config")
+
+
+def parse_loss_weights(value: str) -> str:
+    """``loss-weights``: ``codec`` or ``run-config`` (ValueError otherwise)."""
+    value = str(value).strip()
+    if value not in LOSS_WEIGHTS:
+        raise ValueError(f"loss-weights must be one of {', '.join(LOSS_WEIGHTS)}; got {value!r}")
+    return value
 
 
 def parse_groups(value: str) -> tuple[str, ...]:

@@ -142,7 +142,8 @@ def exp_c(lab: Lab, fed_k1: dict | None) -> dict:
     hs = [1, 2, 3, 4]
     fed = fed_k1 or lab.federate(4, {}, hs)
     steps_rc = {"local-steps": lab.args.rounds * lab.args.local_steps}
-    cfg = adapt_config(steps_rc, lab.base.num_qualities, ("policy", "adapters"))
+    cfg = adapt_config(steps_rc, lab.base.num_qualities, ("policy", "adapters"),
+                       has_training_loss=lab.base.training_loss is not None)
     shots = {h: make_phantoms(1, seed=0, size=256, hospital=h) for h in hs}
     local = {}
     for h in hs:

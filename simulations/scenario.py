@@ -36,6 +36,7 @@ The built-in scenarios are the files in ``simulations/scenarios/`` (``python -m 
     local-steps = 10
     lr = 0.001
     crop = 128
+    loss-weights = "run-config"       # run-config: the two below | codec: the weights the codec was trained with
     lambda-d = 0.0002
     lambda-t = 1.0
     train-qualities = ""              # 1-based, comma-separated; "" = all
@@ -95,6 +96,7 @@ GROUPS = ("policy", "adapters")
 SHIFTS = ("fixed", "random", "source")
 ATTACKS = ("scale", "sign-flip", "random", "stale", "nan", "shape")
 DEVICES = ("auto", "cpu", "cuda")
+LOSS_WEIGHTS = ("codec", "run-config")   # fedcodec.run_config.LOSS_WEIGHTS (checked equal in the tests)
 RANDOM_SHIFT_BASE = 6            # hospital ids > 5 get a shift drawn from a generator seeded with the id
 RANDOM_SHIFT_STRIDE = 10_000_000
 
@@ -254,6 +256,7 @@ FIELDS: dict[str, tuple[Check, str | None]] = {
     "training.local-steps": (_int(1, 100_000), "local-steps"),
     "training.lr": (_float(0.0), "lr"),
     "training.crop": (_int(0, 2048), "crop"),
+    "training.loss-weights": (_choice(LOSS_WEIGHTS), "loss-weights"),
     "training.lambda-d": (_float(0.0), "lambda-d"),
     "training.lambda-t": (_float(0.0), "lambda-t"),
     "training.train-qualities": (_qualities, "train-qualities"),

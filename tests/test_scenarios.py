@@ -237,3 +237,24 @@ def test_the_documented_example_is_valid():
     example = re.search(r"```toml\n(.*?)```", text, re.S).group(1)
     s = parse_scenario(example, source="my-study.toml")
     assert s.supernodes == 200 and s.run_config["min-train-hospitals"] == 50 and s.run_config["sim.attack"]
+
+
+# ------------------------------------------------------------------------------------------- loss weights
+
+
+def test_rounds_train_with_the_run_configs_loss_weights_or_the_codecs():
+    from simulations import scenario
+
+    assert scenario.LOSS_WEIGHTS == C.LOSS_WEIGHTS
+    from fedcodec.losses import default_quality_weights
+
+    default = site.adapt_config({"lambda-d": 3e-4}, 8, ("policy",), has_training_loss=True)
+    assert (default.lambda_d, default.lambda_t) == (3e-4, C.DEFAULTS["lambda-t"])   # the run config's
+    assert default.quality_weights == default_quality_weights(8)                     # and the loss's defaults
+    own = site.adapt_config({"loss-weights": "codec"}, 8, ("policy",), has_training_loss=True)
+    assert own.lambda_d is None and own.lambda_t is None and own.quality_weights == []   # the codec's
+    # a codec file without a record: the run config's weights even when the codec's are asked for
+    bare = site.adapt_config({"loss-weights": "codec", "lambda-d": 3e-4}, 8, ("policy",), has_training_loss=False)
+    assert (bare.lambda_d, bare.lambda_t) == (3e-4, C.DEFAULTS["lambda-t"])
+    with pytest.raises(ValueError, match="loss-weights must be one of codec, run-config"):
+        site.adapt_config({"loss-weights": "mine"}, 8, ("policy",))
