@@ -330,9 +330,11 @@ def adapt(codec: SemanticCodec, task_net: torch.nn.Module, samples: Sequence[Sam
     privacy that no accountant counts) adaptation first trains on one half of every shot while checking the
     objective on the other half (:func:`spatial_holdout`) every ``check_every`` steps; it keeps the number of
     steps with the lowest held-out loss if that beats the starting codec's by ``min_gain`` (relative) without
-    raising the held-out task loss at the top quality by more than ``task_tolerance`` (:func:`choose_steps`),
-    and then trains that many steps on the whole shots. If no step count helps, the codec is left exactly as it
-    was. ``metrics`` say what was chosen and why (``selected_steps``, ``heldout_start``, ``heldout_best``,
+    raising the held-out task loss at the top quality, or the held-out task loss at equal rate
+    (:func:`equal_rate_task_ratio`), by more than ``task_tolerance`` (:func:`choose_steps`), and then trains
+    that many steps on the whole shots. If no step count helps, the codec is left exactly as it was. The loss
+    weights are the codec's own unless the config sets them (:func:`loss_weights`). ``metrics`` say what was
+    chosen and why (``selected_steps``, ``heldout_start``, ``heldout_best``, ``equal_rate_task_ratio``,
     ``kept`` = 1 adapted / 0 fallback).
 
     ``unlabeled``: the site's unannotated scans (samples, or ``(N, 1, H, W)`` images in [0, 1]); with them the
