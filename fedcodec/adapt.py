@@ -260,7 +260,8 @@ def equal_rate_task_ratio(base: Sequence[tuple[float, float]], new: Sequence[tup
                           grid: int = 64) -> float:
     """How ``new``'s task loss compares with ``base``'s at equal rate: the ratio of their means over the log-rate
     interval both curves cover (each a ``(bpp, task loss)`` pair per quality, interpolated linearly in log bpp);
-    1 = the same curve, below 1 = a better one; ``inf`` when the rate ranges do not overlap.
+    1 = the same curve, below 1 = a better one; ``inf`` when the rate ranges do not overlap. With a single
+    quality (``AdaptConfig.qualities`` of one) there is no curve: the ratio of the two task losses.
 
     A lower objective can come from moving along the curve rather than improving it: every quality spending
     more bits for a little more Dice (or fewer bits for less). This is the held-out analogue of a BD measure on
@@ -269,6 +270,8 @@ def equal_rate_task_ratio(base: Sequence[tuple[float, float]], new: Sequence[tup
         pts = sorted((math.log(max(b, 1e-9)), t) for b, t in curve)
         return np.array([p[0] for p in pts]), np.array([p[1] for p in pts])
 
+    if len(base) < 2 or len(new) < 2:   # one trained quality: no curve, compare its task loss alone
+        return float(np.mean([t for _, t in new])) / max(float(np.mean([t for _, t in base])), 1e-12)
     (rb, tb), (rn, tn) = prepared(base), prepared(new)
     lo, hi = max(rb[0], rn[0]), min(rb[-1], rn[-1])
     if not hi > lo:

@@ -221,6 +221,7 @@ def test_equal_rate_task_ratio_tells_a_better_curve_from_a_move_along_it():
     assert equal_rate_task_ratio(base, [(1.5 * b, 0.95 * t) for b, t in base]) > 1.0
     assert equal_rate_task_ratio(base, [(b / 2, t) for b, t in base]) < 1.0        # the same reading, half the bits
     assert equal_rate_task_ratio(base, [(1.0, 0.1), (2.0, 0.05)]) == float("inf")   # no common rate
+    assert equal_rate_task_ratio([(0.02, 0.6)], [(0.01, 0.3)]) == pytest.approx(0.5)  # one quality: its task loss
 
 
 def test_adapt_selection_checks_the_task_loss_at_equal_rate(task_net, shots):
