@@ -240,20 +240,19 @@ def _decoded_losses(codec: SemanticCodec, task_net: torch.nn.Module, images: tor
 
 
 def heldout_loss(codec: SemanticCodec, task_net: torch.nn.Module, images: torch.Tensor, masks: torch.Tensor,
-                 config: AdaptConfig, curve: list | None = None) -> tuple[float, float]:
+                 config: AdaptConfig) -> tuple[float, float, list[tuple[float, float]]]:
     """The adaptation objective on held-out pixels, as decoding sees it: rounded latents, every trained quality.
 
     Returns:
-        ``(objective, top_task)``: the objective's mean over images and qualities, and the task loss (Dice + CE,
-        unweighted) at the highest trained quality; lower is better for both. ``curve``, when given, receives
-        the ``(bpp, task loss)`` pair of every quality (what :func:`equal_rate_task_ratio` compares).
+        ``(objective, top_task, curve)``: the objective's mean over images and qualities, the task loss (Dice +
+        CE, unweighted) at the highest trained quality (lower is better for both), and the ``(bpp, task loss)``
+        pair of every trained quality (what :func:`equal_rate_task_ratio` compares).
     """
     weights = LossWeights(config.lambda_d, config.lambda_t, 0.0, list(config.quality_weights))
     losses = _decoded_losses(codec, task_net, images, masks, sorted(config.qualities or range(codec.num_qualities)),
                              weights)
-    if curve is not None:
-        curve[:] = [(float(x["bpp"]), float(x["task"])) for x in losses]
-    return sum(float(x["loss"]) for x in losses) / len(losses), float(losses[-1]["task"])
+    curve = [(float(x["bpp"]), float(x["task"])) for x in losses]
+    return sum(float(x["loss"]) for x in losses) / len(losses), float(losses[-1]["task"]), curve
 
 
 def equal_rate_task_ratio(base: Sequence[tuple[float, float]], new: Sequence[tuple[float, float]],
@@ -370,31 +369,29 @@ def adapt(codec: SemanticCodec, task_net: torch.nn.Module, samples: Sequence[Sam
         ux = ux.to(device)
         ut = consistency_targets(task_net, ux)
         guard_names.append(f"consistency on {len(ux)} unannotated scans")
-    base_curve: list = []
 
-    def measure() -> tuple[float, ...]:
-        curve: list = []
-        objective, top_task = heldout_loss(codec, task_net, va_x, va_m, config, curve=curve)
-        if not base_curve:
-            base_curve.extend(curve)
-        values = (objective, top_task, equal_rate_task_ratio(base_curve, curve))
+    def measure(reference: list[tuple[float, float]] | None) -> tuple[tuple[float, ...], list[tuple[float, float]]]:
+        """``(objective, guards...)`` on the held-out halves, and the rate-task curve (the ratio's reference:
+        the starting codec's curve; None = this measurement is the start)."""
+        objective, top_task, curve = heldout_loss(codec, task_net, va_x, va_m, config)
+        values = (objective, top_task, equal_rate_task_ratio(reference or curve, curve))
         if unlabeled is not None:
             values = (*values, top_quality_task_loss(codec, task_net, ux, ut, top))
-        return values
+        return values, curve
 
-    base = measure()
+    base, base_curve = measure(None)
     checks: list[tuple[float, ...]] = []
 
     def monitor(step: int) -> None:
         if step % config.check_every == 0 or step == config.steps:
-            checks.append((step, *measure()))
+            checks.append((step, *measure(base_curve)[0]))
 
     train_subset(codec, task_net, (tr_x, tr_m), config, global_state, None, False, monitor=monitor)
     codec.load_group_state_dict(initial, config.groups)
     best_step, why = choose_steps(base, checks, config.min_gain, config.task_tolerance, guard_names)
     keep = best_step > 0
-    objective = {int(c[0]): c[1] for c in checks}
-    best = objective[best_step] if keep else min(objective.values(), default=math.inf)
+    chosen = next(c for c in checks if c[0] == best_step) if keep else None
+    best = chosen[1] if keep else min((c[1] for c in checks), default=math.inf)
     if progress:
         log.info("adapt selection: %s", why)
     if keep:
@@ -407,8 +404,7 @@ def adapt(codec: SemanticCodec, task_net: torch.nn.Module, samples: Sequence[Sam
                               "task": math.nan, "epsilon": 0.0}, [])
     result.metrics.update(selected_steps=float(best_step), kept=float(keep), heldout_start=base[0],
                           heldout_best=best, heldout_top_task_start=base[1], seconds=time.perf_counter() - start,
-                          **({"equal_rate_task_ratio": next(c[3] for c in checks if c[0] == best_step)}
-                             if keep else {}),
+                          **({"equal_rate_task_ratio": chosen[3]} if keep else {}),
                           **({"consistency_start": base[3]} if len(base) > 3 else {}))
     result.reason = why
     return result

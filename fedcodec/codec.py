@@ -401,9 +401,10 @@ class SemanticCodec(CompressionModel):
         return {"strings": [y_strings, z_strings], "shape": tuple(z.shape[-2:])}
 
     def _analysis(self, x: torch.Tensor) -> torch.Tensor:
-        """``g_a`` for entropy coding, on channels-last feature maps from the first layer on: oneDNN's faster
-        layout on CPUs (a third less time at 512x512). Only the encoder computes ``y``, so the float rounding
-        that the layout changes cannot desynchronise a decoder."""
+        """``g_a`` on channels-last feature maps from the first layer on: oneDNN's faster layout on CPUs (a third
+        less time at 512x512), used by :meth:`compress` and by :meth:`forward` (training and adaptation too).
+        Only the encoder computes ``y``, so the float rounding that the layout changes cannot desynchronise a
+        decoder."""
         h = self.g_a[0](x).contiguous(memory_format=torch.channels_last)
         for layer in self.g_a[1:]:
             h = layer(h)
