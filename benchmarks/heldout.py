@@ -229,26 +229,29 @@ def run_set(name: str, codec, args, out: Path) -> dict:
 WORSE_BD, WORSE_TOP_DICE = 1.0, 0.005
 
 
-def draw_summary(shot: int, entry: dict, pretrained: list[dict], hevc: list[dict] | None) -> dict:
-    """One K=1 draw against the pretrained codec on the same images: BD-rate (Dice) vs the pretrained codec and
-    vs x265, top-quality Dice, and whether it left the site worse off (:data:`WORSE_BD`, :data:`WORSE_TOP_DICE`)."""
+def bd_dice(ref: list[dict] | None, pts: list[dict]) -> float | None:
+    """BD-rate (%) on Dice of the points ``pts`` against ``ref`` (each ``{"bpp", "dice"}`` per quality), or None
+    when there is no reference or the curves cannot be compared (no overlap, too few points)."""
     from fedcodec.bdrate import bd_rate
     from fedcodec.errors import FedcodecError
 
-    def bd(ref, pts):
-        if not ref:
-            return None
-        try:
-            return bd_rate([p["bpp"] for p in ref], [p["dice"] for p in ref],
-                           [p["bpp"] for p in pts], [p["dice"] for p in pts]).bd_rate_percent
-        except FedcodecError:
-            return None
+    if not ref:
+        return None
+    try:
+        return bd_rate([p["bpp"] for p in ref], [p["dice"] for p in ref],
+                       [p["bpp"] for p in pts], [p["dice"] for p in pts]).bd_rate_percent
+    except FedcodecError:
+        return None
 
+
+def draw_summary(shot: int, entry: dict, pretrained: list[dict], hevc: list[dict] | None) -> dict:
+    """One K=1 draw against the pretrained codec on the same images: BD-rate (Dice) vs the pretrained codec and
+    vs x265, top-quality Dice, and whether it left the site worse off (:data:`WORSE_BD`, :data:`WORSE_TOP_DICE`)."""
     pts = entry["points"]
-    vs_pre = 0.0 if not entry.get("kept") else bd(pretrained, pts)
+    vs_pre = 0.0 if not entry.get("kept") else bd_dice(pretrained, pts)
     top, top_pre = pts[-1]["dice"], pretrained[-1]["dice"]
     worse = (vs_pre is None or vs_pre > WORSE_BD) or top < top_pre - WORSE_TOP_DICE
-    return {"shot": shot, "kept": entry.get("kept"), "bd_vs_pretrained": vs_pre, "bd_vs_hevc": bd(hevc, pts),
+    return {"shot": shot, "kept": entry.get("kept"), "bd_vs_pretrained": vs_pre, "bd_vs_hevc": bd_dice(hevc, pts),
             "top_dice": top, "pretrained_top_dice": top_pre, "worse": bool(worse and entry.get("kept")),
             "selection": entry["selection"]}
 
@@ -257,9 +260,6 @@ def side_info_counterfactual(result_set: dict, other_set: dict) -> dict[str, flo
     """BD-rate (Dice, vs x265) of each learned codec of ``result_set`` had its files carried ``other_set``'s
     hyper-latent bytes instead of its own (per quality, same images): what the side-information change alone
     is worth. Accounting only: the other codec's latents and reconstructions are not used."""
-    from fedcodec.bdrate import bd_rate
-    from fedcodec.errors import FedcodecError
-
     ref = result_set["codecs"]["hevc"]["points"]
     pixels = 256 * 256   # hyper_share is measured on the set's images; phantoms are 256x256
     own = [h["z_bytes"] for h in result_set["hyper_latent"]]
@@ -268,12 +268,8 @@ def side_info_counterfactual(result_set: dict, other_set: dict) -> dict[str, flo
     for name, e in result_set["codecs"].items():
         if e.get("kind") != "learned":
             continue
-        bpp = [p["bpp"] + 8 * (zo - zs) / pixels for p, zs, zo in zip(e["points"], own, other)]
-        try:
-            out[name] = bd_rate([p["bpp"] for p in ref], [p["dice"] for p in ref], bpp,
-                                [p["dice"] for p in e["points"]]).bd_rate_percent
-        except FedcodecError:
-            out[name] = None
+        out[name] = bd_dice(ref, [{"bpp": p["bpp"] + 8 * (zo - zs) / pixels, "dice": p["dice"]}
+                                  for p, zs, zo in zip(e["points"], own, other)])
     return out
 
 

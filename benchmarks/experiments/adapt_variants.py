@@ -27,8 +27,6 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 import heldout as H  # noqa: E402
 
 from fedcodec.adapt import AdaptConfig, adapt  # noqa: E402
-from fedcodec.bdrate import bd_rate  # noqa: E402
-from fedcodec.errors import FedcodecError  # noqa: E402
 from fedcodec.evaluate import evaluate_codec  # noqa: E402
 from fedcodec.losses import LossWeights, default_quality_weights  # noqa: E402
 from fedcodec.model_io import load_codec  # noqa: E402
@@ -56,13 +54,8 @@ def _data(name: str, args):
 
 
 def _bd(ref, pts):
-    if not ref:
-        return None
-    try:
-        return round(bd_rate([p["bpp"] for p in ref], [p["dice"] for p in ref],
-                             [p["bpp"] for p in pts], [p["dice"] for p in pts]).bd_rate_percent, 1)
-    except FedcodecError:
-        return None
+    bd = H.bd_dice(ref, pts)
+    return None if bd is None else round(bd, 1)
 
 
 def main() -> int:
