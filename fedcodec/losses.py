@@ -107,8 +107,10 @@ class LabelMapDiscriminator(nn.Module):
 class SemanticLoss(nn.Module):
     """Rate + weighted distortion + task (+ adversarial) loss; see the module docstring.
 
-    ``forward(out, x, mask, quality, task_net, codec)`` returns a dict of scalars (``loss``, ``bpp``,
-    ``mse``, ``task``, ``adv``) and ``per_sample`` ``(B,)`` losses.
+    ``forward(out, x, mask, quality, task_net, codec, task_weight=None)`` returns a dict of scalars (``loss``,
+    ``bpp``, ``mse``, ``task``, ``adv``) and ``per_sample`` ``(B,)`` losses. ``task_weight`` ``(B,)`` scales the
+    task and adversarial terms per sample (0 = rate and distortion only, e.g. for crops re-windowed beyond
+    what the task network was trained on).
     """
 
     def __init__(self, weights: LossWeights, num_qualities: int,
@@ -122,7 +124,7 @@ class SemanticLoss(nn.Module):
         self.discriminator = discriminator
 
     def forward(self, out: dict, x: torch.Tensor, mask: torch.Tensor | None, quality: torch.Tensor,
-                task_net: nn.Module | None, codec: nn.Module) -> dict:
+                task_net: nn.Module | None, codec: nn.Module, task_weight: torch.Tensor | None = None) -> dict:
         b = x.shape[0]
         bpp = bits_per_pixel(out["likelihoods"], x.shape[-2] * x.shape[-1])
         mse = (out["x_hat"] - x).pow(2).flatten(1).mean(1)
@@ -135,12 +137,13 @@ class SemanticLoss(nn.Module):
                 raise ValueError("the task and adversarial terms need a task network and masks")
             logits = task_net(codec.task_input(out["x_hat"]))
             task = segmentation_loss(logits, mask)
-            weighted = weighted + self.weights.lambda_t * task
+            tw = torch.ones_like(task) if task_weight is None else task_weight.to(task)
+            weighted = weighted + self.weights.lambda_t * tw * task
             if self.weights.lambda_adv > 0 and self.discriminator is not None:
                 fake = self.discriminator(x, foreground_probability(logits))
                 adv = F.binary_cross_entropy_with_logits(fake, torch.ones_like(fake), reduction="none")
                 adv = adv.flatten(1).mean(1)
-                weighted = weighted + self.weights.lambda_adv * adv
+                weighted = weighted + self.weights.lambda_adv * tw * adv
         per_sample = bpp + w * weighted
         return {"loss": per_sample.mean(), "per_sample": per_sample, "bpp": bpp.mean(), "mse": mse.mean(),
                 "task": task.mean(), "adv": adv.mean()}

@@ -116,6 +116,7 @@ class PretrainConfig:
     quality_weights: list[float] = field(default_factory=list)   # empty = losses.default_quality_weights
     randomise_domains: bool = False  # phantoms with a random hospital shift each (training_data)
     source_share: float = 0.25       # share of source-domain (hospital 0) phantoms when randomising
+    intensity_windows: float = 0.0   # share of crops re-windowed to clip at black and white (training_data)
     data: list[str] = field(default_factory=list)  # real labelled folders mixed into the pool
     task_ensemble: list[list[Any]] = field(default_factory=list)  # [[arch, features, seed], ...]; empty = one
     warmup_steps: int = 0           # linear learning-rate warm-up at the start of the schedule
@@ -428,7 +429,7 @@ def pretrain(config: PretrainConfig | None, out_dir: str | Path, task_net: torch
         torch.save(state, tmp)
         tmp.replace(out_dir / CHECKPOINT)
 
-    from fedcodec.training_data import random_crops
+    from fedcodec.training_data import random_crops, random_intensity_windows
 
     metrics_path = out_dir / "metrics.csv"
     codec.train()
@@ -449,12 +450,17 @@ def pretrain(config: PretrainConfig | None, out_dir: str | Path, task_net: torch
             log.info("pretrain stage %d/%d '%s' from step %d, lambda_d %g, lambda_t %g", stage_idx + 1,
                      len(config.stages), stage.name, step, stage.lambda_d, lambda_t)
         x, m = random_crops(pool, rng, config.batch_size, config.crop)
+        task_weight = None
+        if config.intensity_windows:
+            # Rate and distortion only on re-windowed crops: the ensemble segmenters never saw such images.
+            x, windowed = random_intensity_windows(x, rng, config.intensity_windows)
+            task_weight = (~windowed).float().to(device)
         quality = torch.from_numpy(rng.integers(0, config.num_qualities, config.batch_size))
         net = task_nets[int(rng.integers(0, len(task_nets)))] if len(task_nets) > 1 else task_nets[0]
         x, m, quality = x.to(device), m.to(device), quality.to(device)
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=autocast):
             out = codec(x, quality)
-            losses = loss_fn(out, x, m, quality, net, codec)
+            losses = loss_fn(out, x, m, quality, net, codec, task_weight)
         opt.zero_grad()
         losses["loss"].backward()
         torch.nn.utils.clip_grad_norm_(trainable, 1.0)
