@@ -90,7 +90,9 @@ def test_cli_adapt_flags_have_no_defaults_of_their_own():
     assert (config.lr, config.groups, config.steps) == (0.5, ("policy",), AdaptConfig.steps)
     assert config.dp == DPConfig(noise_multiplier=2.0, max_grad_norm=0.3)
     pretrain = parser.parse_args(["pretrain", "--out", "x"])
-    assert not any(hasattr(pretrain, n) for n in ("steps", "batch_size", "N", "gain_lr_scale", "lambda_adv"))
+    assert not any(hasattr(pretrain, n) for n in ("steps", "batch_size", "N", "gain_lr_scale", "lambda_adv",
+                                                 "intensity_windows"))
+    assert parser.parse_args(["pretrain", "--out", "x", "--intensity-windows", "0.5"]).intensity_windows == 0.5
 
 
 def test_cli_adapt_rejects_unknown_groups(capsys):
