@@ -58,6 +58,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--segmenter-steps", type=int, default=600)
     p.add_argument("--anchors", default="hevc,jpeg2000")
     p.add_argument("--out", default=str(DEFAULT_OUT))
+    p.add_argument("--segmenters", default=None, help="folder of the hospitals' own segmenters, trained once and "
+                   "reused (default: benchmarks/results/heldout/segmenters; with --quick OUT/segmenters): codecs "
+                   "compare only when read by the same networks, and retraining them (e.g. with another thread "
+                   "count) gives other networks")
     p.add_argument("--md", default=str(REPO / "BENCHMARKS.md"), help="BENCHMARKS.md to update ('' = none)")
     p.add_argument("--unlabeled", type=int, default=0, choices=(0, 1), help="1: adapt also checks 8 of the "
                    "site's unannotated archive scans (fedcodec adapt --unlabeled); 0 (the scoreboard's): the "
@@ -183,7 +187,7 @@ def run_set(name: str, codec, args, out: Path) -> dict:
     settings = dict(SEGMENTER_SETTINGS.get(name, {}))
     if args.quick:
         settings.pop("steps", None)
-    seg = _segmenter(train, args, out / "segmenters" /
+    seg = _segmenter(train, args, Path(args.segmenters) /
                      f"{name}_{args.segmenter_arch}{args.segmenter_features.replace(',', '-')}_{args.segmenter_seed}_"
                      f"{args.segmenter_steps}_{len(train)}{''.join(f'_{k}{v}' for k, v in settings.items())}.pt",
                      settings)
@@ -373,6 +377,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.n, args.segmenter_steps, args.train_images, args.md = 4, 100, 8, ""
         args.draws = min(args.draws, 2)
+    if args.segmenters is None:
+        args.segmenters = str(Path(args.out) / "segmenters" if args.quick else DEFAULT_OUT / "segmenters")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     from rate_task import _git_commit, command_line, update_section
 
