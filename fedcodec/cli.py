@@ -136,7 +136,7 @@ NUMERIC_FLAGS: dict[str, tuple] = {
     "batch_size": (int, 1, 4096), "crop": (int, 64, 8192), "images": (int, 1, 10**7),
     "image_size": (int, 64, 8192), "N": (int, 1, 4096), "M": (int, 1, 4096), "num_qualities": (int, 1, 255),
     "lambda_adv": (float, 0, 1e9), "gain_lr_scale": (float, 0, 1e6, True), "shots": (int, 1, 64),
-    "intensity_windows": (float, 0, 1),
+    "intensity_windows": (float, 0, 1), "intensity_windows_quality": (int, 0, 254),
     "lr": (float, 0, 10, True), "lambda_d": (float, 0, 1e9), "lambda_t": (float, 0, 1e9), "prox_mu": (float, 0, 1e6),
     "dp_noise": (float, 0, 1e6), "max_grad_norm": (float, 0, 1e6, True), "delta": (float, 0, 1, True, True),
     "limit": (int, 1, 10**7), "bandwidth": (float, 0, 1e9, True), "study_images": (int, 1, 10**7),
@@ -259,6 +259,8 @@ def build_parser() -> argparse.ArgumentParser:
                  "the per-quality gains (they move slowly at the stage's rate; the default's fine-tune used 100)")
     _config_flag(p, "--intensity-windows", PRETRAIN, type=float, help="share of crops re-windowed to clip at "
                  "black and white (rate and distortion only), so real CT/MR's full range decodes")
+    _config_flag(p, "--intensity-windows-quality", PRETRAIN, type=int, help="re-windowed crops train at this "
+                 "quality (0-based) and above only")
     p.add_argument("--init", default=None, help="continue from this codec file with the fine-tune schedule "
                    "(semantic stage, lr 1e-4); --N/--M/--num-qualities are then the file's")
     _add_device(p, training=True)
@@ -432,7 +434,8 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
     from fedcodec.pretrain import PretrainConfig, fine_tune_stages, lean_config, pretrain
 
     fields = ("steps", "batch_size", "crop", "images", "image_size", "hospital", "seed", "N", "M",
-              "num_qualities", "task_steps", "val_every", "lambda_adv", "gain_lr_scale", "intensity_windows")
+              "num_qualities", "task_steps", "val_every", "lambda_adv", "gain_lr_scale", "intensity_windows",
+              "intensity_windows_quality")
     given = _given(args, fields)
     if args.data:
         given["data"] = [d for d in args.data.split(",") if d]

@@ -117,6 +117,7 @@ class PretrainConfig:
     randomise_domains: bool = False  # phantoms with a random hospital shift each (training_data)
     source_share: float = 0.25       # share of source-domain (hospital 0) phantoms when randomising
     intensity_windows: float = 0.0   # share of crops re-windowed to clip at black and white (training_data)
+    intensity_windows_quality: int = 0  # re-windowed crops train at this quality (0-based) and above
     data: list[str] = field(default_factory=list)  # real labelled folders mixed into the pool
     task_ensemble: list[list[Any]] = field(default_factory=list)  # [[arch, features, seed], ...]; empty = one
     warmup_steps: int = 0           # linear learning-rate warm-up at the start of the schedule
@@ -456,6 +457,11 @@ def pretrain(config: PretrainConfig | None, out_dir: str | Path, task_net: torch
             x, windowed = random_intensity_windows(x, rng, config.intensity_windows)
             task_weight = (~windowed).float().to(device)
         quality = torch.from_numpy(rng.integers(0, config.num_qualities, config.batch_size))
+        if config.intensity_windows and config.intensity_windows_quality:
+            # Full-range fidelity only where the ladder is meant to be faithful; the low qualities keep the
+            # semantic objective alone (their bit allocation is what wins on the phantom hospitals).
+            low = min(config.intensity_windows_quality, config.num_qualities - 1)
+            quality[windowed] = torch.from_numpy(rng.integers(low, config.num_qualities, int(windowed.sum())))
         net = task_nets[int(rng.integers(0, len(task_nets)))] if len(task_nets) > 1 else task_nets[0]
         x, m, quality = x.to(device), m.to(device), quality.to(device)
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=autocast):

@@ -207,7 +207,7 @@ def test_pretrain_resume_continues_exactly(tmp_path):
     kw = dict(steps=6, images=4, image_size=128, crop=64, batch_size=2, N=16, M=16, Nz=4,
               decoder_widths=[16, 16, 8], task_ensemble=[["unet", [4, 8, 8], 1], ["basicunet", [4, 4, 8, 8, 8, 4], 2]],
               task_steps=2, warmup_steps=2, val_every=3, val_images=1, log_every=1, checkpoint_every=2,
-              intensity_windows=0.5)
+              intensity_windows=0.5, intensity_windows_quality=4)
     full, _, s_full = pretrain(lean_config(**kw), tmp_path / "full", progress=False)
     _, _, s_half = pretrain(lean_config(**kw), tmp_path / "chunks", progress=False, max_minutes=1e-9)
     assert not s_half["finished"] and s_half["step"] == 1 and (tmp_path / "chunks" / "checkpoint.pt").is_file()
