@@ -261,6 +261,8 @@ def build_parser() -> argparse.ArgumentParser:
                  "black and white (rate and distortion only), so real CT/MR's full range decodes")
     _config_flag(p, "--intensity-windows-quality", PRETRAIN, type=int, help="re-windowed crops train at this "
                  "quality (0-based) and above only")
+    p.add_argument("--window-task", action="store_true", help="task loss on re-windowed crops too: the task "
+                   "networks read their reconstructions through the inverse window")
     p.add_argument("--init", default=None, help="continue from this codec file with the fine-tune schedule "
                    "(semantic stage, lr 1e-4); --N/--M/--num-qualities are then the file's")
     _add_device(p, training=True)
@@ -443,6 +445,8 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
         given["semantic"] = False
     if args.z_gain:
         given["z_gain"] = True
+    if args.window_task:
+        given["window_task"] = True
     if args.resume:
         if given or args.init or args.task or args.recipe != "default" or (args.out and args.out != args.resume):
             raise _usage("--resume continues a run with its own settings; give only --max-minutes, --device "

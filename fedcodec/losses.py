@@ -15,7 +15,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -110,7 +110,8 @@ class SemanticLoss(nn.Module):
     ``forward(out, x, mask, quality, task_net, codec, task_weight=None)`` returns a dict of scalars (``loss``,
     ``bpp``, ``mse``, ``task``, ``adv``) and ``per_sample`` ``(B,)`` losses. ``task_weight`` ``(B,)`` scales the
     task and adversarial terms per sample (0 = rate and distortion only, e.g. for crops re-windowed beyond
-    what the task network was trained on).
+    what the task network was trained on); ``task_view`` maps ``x_hat`` to what the task network reads (e.g.
+    :func:`fedcodec.training_data.undo_intensity_windows`), before the codec's own ``task_input``.
     """
 
     def __init__(self, weights: LossWeights, num_qualities: int,
@@ -124,7 +125,8 @@ class SemanticLoss(nn.Module):
         self.discriminator = discriminator
 
     def forward(self, out: dict, x: torch.Tensor, mask: torch.Tensor | None, quality: torch.Tensor,
-                task_net: nn.Module | None, codec: nn.Module, task_weight: torch.Tensor | None = None) -> dict:
+                task_net: nn.Module | None, codec: nn.Module, task_weight: torch.Tensor | None = None,
+                task_view: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict:
         b = x.shape[0]
         bpp = bits_per_pixel(out["likelihoods"], x.shape[-2] * x.shape[-1])
         mse = (out["x_hat"] - x).pow(2).flatten(1).mean(1)
@@ -135,7 +137,8 @@ class SemanticLoss(nn.Module):
         if self.weights.lambda_t > 0 or self.weights.lambda_adv > 0:
             if task_net is None or mask is None:
                 raise ValueError("the task and adversarial terms need a task network and masks")
-            logits = task_net(codec.task_input(out["x_hat"]))
+            x_hat = out["x_hat"] if task_view is None else task_view(out["x_hat"])
+            logits = task_net(codec.task_input(x_hat))
             task = segmentation_loss(logits, mask)
             tw = torch.ones_like(task) if task_weight is None else task_weight.to(task)
             weighted = weighted + self.weights.lambda_t * tw * task

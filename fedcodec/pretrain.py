@@ -29,6 +29,7 @@ import logging
 import math
 import time
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -118,6 +119,7 @@ class PretrainConfig:
     source_share: float = 0.25       # share of source-domain (hospital 0) phantoms when randomising
     intensity_windows: float = 0.0   # share of crops re-windowed to clip at black and white (training_data)
     intensity_windows_quality: int = 0  # re-windowed crops train at this quality (0-based) and above
+    window_task: bool = False       # task loss on re-windowed crops too, read through the inverse window
     data: list[str] = field(default_factory=list)  # real labelled folders mixed into the pool
     task_ensemble: list[list[Any]] = field(default_factory=list)  # [[arch, features, seed], ...]; empty = one
     warmup_steps: int = 0           # linear learning-rate warm-up at the start of the schedule
@@ -430,7 +432,7 @@ def pretrain(config: PretrainConfig | None, out_dir: str | Path, task_net: torch
         torch.save(state, tmp)
         tmp.replace(out_dir / CHECKPOINT)
 
-    from fedcodec.training_data import random_crops, random_intensity_windows
+    from fedcodec.training_data import random_crops, random_intensity_windows, undo_intensity_windows
 
     metrics_path = out_dir / "metrics.csv"
     codec.train()
@@ -451,11 +453,15 @@ def pretrain(config: PretrainConfig | None, out_dir: str | Path, task_net: torch
             log.info("pretrain stage %d/%d '%s' from step %d, lambda_d %g, lambda_t %g", stage_idx + 1,
                      len(config.stages), stage.name, step, stage.lambda_d, lambda_t)
         x, m = random_crops(pool, rng, config.batch_size, config.crop)
-        task_weight = None
+        task_weight, task_view = None, None
         if config.intensity_windows:
-            # Rate and distortion only on re-windowed crops: the ensemble segmenters never saw such images.
-            x, windowed = random_intensity_windows(x, rng, config.intensity_windows)
-            task_weight = (~windowed).float().to(device)
+            x, windowed, windows = random_intensity_windows(x, rng, config.intensity_windows)
+            if config.window_task:
+                # The ensemble segmenters read a re-windowed crop's reconstruction through the inverse window.
+                task_view = partial(undo_intensity_windows, windows=windows.to(device))
+            else:
+                # Rate and distortion only on re-windowed crops: the segmenters never saw such images.
+                task_weight = (~windowed).float().to(device)
         quality = torch.from_numpy(rng.integers(0, config.num_qualities, config.batch_size))
         if config.intensity_windows and config.intensity_windows_quality:
             # Full-range fidelity only where the ladder is meant to be faithful; the low qualities keep the
@@ -466,7 +472,7 @@ def pretrain(config: PretrainConfig | None, out_dir: str | Path, task_net: torch
         x, m, quality = x.to(device), m.to(device), quality.to(device)
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=autocast):
             out = codec(x, quality)
-            losses = loss_fn(out, x, m, quality, net, codec, task_weight)
+            losses = loss_fn(out, x, m, quality, net, codec, task_weight, task_view)
         opt.zero_grad()
         losses["loss"].backward()
         torch.nn.utils.clip_grad_norm_(trainable, 1.0)

@@ -115,17 +115,21 @@ def random_crops(pool: TrainingPool, rng: np.random.Generator, batch: int, crop:
 WINDOW_LOW = (-0.1, 0.45)
 WINDOW_HIGH = (0.6, 1.1)
 WINDOW_GAMMA = (0.5, 2.0)
+#: ``lo, hi, gamma, w_min, w_max`` of a crop that was not re-windowed.
+IDENTITY_WINDOW = torch.tensor([0.0, 1.0, 1.0, 0.0, 1.0], dtype=torch.float64)
 
 
 def random_intensity_windows(x: torch.Tensor, rng: np.random.Generator,
-                             share: float) -> tuple[torch.Tensor, torch.Tensor]:
+                             share: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Re-window a random ``share`` of a batch so that it covers the whole of [0, 1], clipped at both ends.
 
     ``x``: ``(B, 1, H, W)`` float in [0, 1]. Each chosen crop goes through MONAI's ``ScaleIntensityRange``
     (a window drawn inside :data:`WINDOW_LOW` / :data:`WINDOW_HIGH` of the crop's own range, mapped to [0, 1],
     clipped) and ``AdjustContrast`` (gamma from :data:`WINDOW_GAMMA`). Every draw comes from ``rng``, so a
-    resumed run repeats them. Returns the batch and a ``(B,)`` bool tensor marking the re-windowed crops
-    (their masks still hold, but a task network trained on un-windowed images may not read them).
+    resumed run repeats them. Returns the batch, a ``(B,)`` bool tensor marking the re-windowed crops (their
+    masks still hold, but a task network trained on un-windowed images may not read them) and the windows,
+    ``(B, 5)``: ``lo, hi, gamma, w_min, w_max`` per crop (identity rows for the others), which
+    :func:`undo_intensity_windows` inverts.
     """
     from monai.transforms import AdjustContrast, ScaleIntensityRange
 
@@ -133,15 +137,36 @@ def random_intensity_windows(x: torch.Tensor, rng: np.random.Generator,
         raise DataError(f"share of re-windowed crops must lie in [0, 1], got {share}")
     chosen = rng.random(x.shape[0]) < share
     out = x.clone()
+    windows = IDENTITY_WINDOW[None].repeat(x.shape[0], 1)
     for i in np.flatnonzero(chosen):
         lo_f, hi_f = rng.uniform(*WINDOW_LOW), rng.uniform(*WINDOW_HIGH)
         gamma = float(np.exp(rng.uniform(*np.log(WINDOW_GAMMA))))
         lo, hi = float(x[i].min()), float(x[i].max())
         span = max(hi - lo, 1e-3)
         y = ScaleIntensityRange(lo + lo_f * span, lo + hi_f * span, 0.0, 1.0, clip=True)(x[i])
+        windows[i] = torch.tensor([lo + lo_f * span, lo + hi_f * span, gamma, float(y.min()), float(y.max())])
         y = AdjustContrast(gamma=gamma)(y)
         out[i] = torch.as_tensor(y, dtype=x.dtype).clamp(0.0, 1.0)
-    return out, torch.from_numpy(chosen)
+    return out, torch.from_numpy(chosen), windows
+
+
+def undo_intensity_windows(y: torch.Tensor, windows: torch.Tensor) -> torch.Tensor:
+    """The inverse of :func:`random_intensity_windows` on (decoded) crops, differentiable.
+
+    ``y``: ``(B, 1, H, W)``; ``windows``: its ``(B, 5)`` windows. The gamma is undone over the window's own
+    ``[w_min, w_max]`` (as MONAI's ``AdjustContrast`` applied it, its base clamped away from 0 so that the
+    gradient stays finite), then the window is mapped back to ``[lo, hi]``; what the window clipped stays at
+    ``lo`` / ``hi``. Identity rows return ``y`` unchanged. Lets task networks trained on un-windowed images
+    read a re-windowed crop the way they read its original.
+    """
+    if windows.shape != (y.shape[0], 5):
+        raise DataError(f"need ({y.shape[0]}, 5) windows for {y.shape[0]} crops, got {tuple(windows.shape)}")
+    identity = (windows == IDENTITY_WINDOW.to(windows)).all(1).to(y.device)[:, None, None, None]
+    lo, hi, gamma, w_min, w_max = windows.to(y.device, y.dtype)[:, :, None, None, None].unbind(1)
+    span = (w_max - w_min).clamp_min(1e-6)
+    base = ((y - w_min) / span).clamp(1e-4, 1.0)
+    original = lo + (hi - lo) * (w_min + span * base.pow(1.0 / gamma))
+    return torch.where(identity, y, original)
 
 
 def pad_batch(x: torch.Tensor, multiple: int) -> torch.Tensor:

@@ -93,6 +93,7 @@ def test_cli_adapt_flags_have_no_defaults_of_their_own():
     assert not any(hasattr(pretrain, n) for n in ("steps", "batch_size", "N", "gain_lr_scale", "lambda_adv",
                                                  "intensity_windows"))
     assert parser.parse_args(["pretrain", "--out", "x", "--intensity-windows", "0.5"]).intensity_windows == 0.5
+    assert parser.parse_args(["pretrain", "--out", "x", "--window-task"]).window_task is True
 
 
 def test_cli_adapt_rejects_unknown_groups(capsys):

@@ -133,18 +133,38 @@ def test_random_intensity_windows_stretch_a_share_of_the_batch_to_the_whole_rang
     from fedcodec.training_data import random_intensity_windows
 
     x = 0.3 + 0.5 * torch.rand(64, 1, 32, 32)          # phantom-like crops: 0.3-0.8
-    y, chosen = random_intensity_windows(x, np.random.default_rng(1), 0.5)
+    y, chosen, windows = random_intensity_windows(x, np.random.default_rng(1), 0.5)
     assert chosen.dtype == torch.bool and 16 < int(chosen.sum()) < 48
     assert torch.equal(y[~chosen], x[~chosen])           # the rest is untouched
     assert y.min() >= 0 and y.max() <= 1
     spans = (y[chosen].amax((1, 2, 3)) - y[chosen].amin((1, 2, 3)))
     assert bool((spans > 0.75).all())                    # every re-windowed crop covers most of [0, 1]
     assert (y[chosen] < 1e-3).any() and (y[chosen] > 1 - 1e-3).any()   # clipped to black and to white
-    again, _ = random_intensity_windows(x, np.random.default_rng(1), 0.5)
+    again, _, _ = random_intensity_windows(x, np.random.default_rng(1), 0.5)
     assert torch.equal(y, again)                         # a pure function of the generator (exact resumes)
     assert torch.equal(random_intensity_windows(x, np.random.default_rng(1), 0.0)[0], x)
     with pytest.raises(DataError, match="share"):
         random_intensity_windows(x, np.random.default_rng(1), 1.5)
+
+
+def test_undo_intensity_windows_gives_task_networks_the_original_back():
+    import numpy as np
+
+    from fedcodec.training_data import random_intensity_windows, undo_intensity_windows
+
+    x = 0.3 + 0.5 * torch.rand(32, 1, 16, 16)
+    y, chosen, windows = random_intensity_windows(x, np.random.default_rng(2), 0.5)
+    back = undo_intensity_windows(y, windows)
+    lo, hi = (windows[:, i].float()[:, None, None, None] for i in (0, 1))
+    unclipped = (x > lo + 0.01) & (x < hi - 0.01)
+    assert (back - x)[unclipped].abs().max() < 5e-3          # inside the window: the original (the base clamp)
+    assert torch.allclose(back[x <= lo], lo.expand_as(x)[x <= lo], atol=5e-3)   # clipped stays at the edge
+    assert torch.equal(back[~chosen], y[~chosen])            # the others untouched, even outside [0, 1]
+    y.requires_grad_(True)
+    undo_intensity_windows(y, windows).sum().backward()
+    assert torch.isfinite(y.grad).all()
+    with pytest.raises(DataError, match="windows"):
+        undo_intensity_windows(y, windows[:3])
 
 
 def test_tiny_pretrain_writes_loadable_outputs(tmp_path, tiny_task_path):
@@ -207,7 +227,7 @@ def test_pretrain_resume_continues_exactly(tmp_path):
     kw = dict(steps=6, images=4, image_size=128, crop=64, batch_size=2, N=16, M=16, Nz=4,
               decoder_widths=[16, 16, 8], task_ensemble=[["unet", [4, 8, 8], 1], ["basicunet", [4, 4, 8, 8, 8, 4], 2]],
               task_steps=2, warmup_steps=2, val_every=3, val_images=1, log_every=1, checkpoint_every=2,
-              intensity_windows=0.5, intensity_windows_quality=4)
+              intensity_windows=0.5, intensity_windows_quality=4, window_task=True)
     full, _, s_full = pretrain(lean_config(**kw), tmp_path / "full", progress=False)
     _, _, s_half = pretrain(lean_config(**kw), tmp_path / "chunks", progress=False, max_minutes=1e-9)
     assert not s_half["finished"] and s_half["step"] == 1 and (tmp_path / "chunks" / "checkpoint.pt").is_file()
