@@ -143,8 +143,9 @@ def random_intensity_windows(x: torch.Tensor, rng: np.random.Generator,
         gamma = float(np.exp(rng.uniform(*np.log(WINDOW_GAMMA))))
         lo, hi = float(x[i].min()), float(x[i].max())
         span = max(hi - lo, 1e-3)
-        y = ScaleIntensityRange(lo + lo_f * span, lo + hi_f * span, 0.0, 1.0, clip=True)(x[i])
-        windows[i] = torch.tensor([lo + lo_f * span, lo + hi_f * span, gamma, float(y.min()), float(y.max())])
+        a_min, a_max = lo + lo_f * span, lo + hi_f * span
+        y = ScaleIntensityRange(a_min, a_max, 0.0, 1.0, clip=True)(x[i])
+        windows[i] = torch.tensor([a_min, a_max, gamma, float(y.min()), float(y.max())])
         y = AdjustContrast(gamma=gamma)(y)
         out[i] = torch.as_tensor(y, dtype=x.dtype).clamp(0.0, 1.0)
     return out, torch.from_numpy(chosen), windows
