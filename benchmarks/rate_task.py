@@ -541,8 +541,12 @@ def main(argv: list[str] | None = None) -> int:
 
     model_desc = rel(model_path) if args.model else f"embedded default (`{rel(DEFAULT_CODEC)}`)"
     task_desc = f"`{rel(task_path)}`" + ("" if args.task else " (embedded default)")
+    recipe = (model_meta.get("pretrain") or {}).get("recipe")
     pre_cmd = _pretrain_command(model_meta, "DIR")
-    if pre_cmd:
+    if isinstance(recipe, str) and recipe:
+        # a codec made in several runs (the embedded default) records how in words; one config would mislead
+        reproduce.insert(0, f"# how the task-pretrained codec was trained: {recipe}")
+    elif pre_cmd:
         reproduce.insert(0, pre_cmd + "   # how the task-pretrained codec was trained (config recorded in its file;"
                          " BASE: `fedcodec pretrain --out BASE --seed 0`)")
     reproduce.append(command_line())

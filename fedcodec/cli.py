@@ -137,6 +137,7 @@ NUMERIC_FLAGS: dict[str, tuple] = {
     "image_size": (int, 64, 8192), "N": (int, 1, 4096), "M": (int, 1, 4096), "num_qualities": (int, 1, 255),
     "lambda_adv": (float, 0, 1e9), "gain_lr_scale": (float, 0, 1e6, True), "shots": (int, 1, 64),
     "intensity_windows": (float, 0, 1), "intensity_windows_quality": (int, 0, 254),
+    "hyper_rate_weight": (float, 0, 1e6),
     "lr": (float, 0, 10, True), "lambda_d": (float, 0, 1e9), "lambda_t": (float, 0, 1e9), "prox_mu": (float, 0, 1e6),
     "dp_noise": (float, 0, 1e6), "max_grad_norm": (float, 0, 1e6, True), "delta": (float, 0, 1, True, True),
     "limit": (int, 1, 10**7), "bandwidth": (float, 0, 1e9, True), "study_images": (int, 1, 10**7),
@@ -261,6 +262,8 @@ def build_parser() -> argparse.ArgumentParser:
                  "black and white (rate and distortion only), so real CT/MR's full range decodes")
     _config_flag(p, "--intensity-windows-quality", PRETRAIN, type=int, help="re-windowed crops train at this "
                  "quality (0-based) and above only")
+    _config_flag(p, "--hyper-rate-weight", PRETRAIN, type=float, help="weight of the hyper-latent's bits in "
+                 "the rate term (above 1 keeps the side information small)")
     p.add_argument("--window-task", action="store_true", help="task loss on re-windowed crops too: the task "
                    "networks read their reconstructions through the inverse window")
     p.add_argument("--init", default=None, help="continue from this codec file with the fine-tune schedule "
@@ -437,7 +440,7 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
 
     fields = ("steps", "batch_size", "crop", "images", "image_size", "hospital", "seed", "N", "M",
               "num_qualities", "task_steps", "val_every", "lambda_adv", "gain_lr_scale", "intensity_windows",
-              "intensity_windows_quality")
+              "intensity_windows_quality", "hyper_rate_weight")
     given = _given(args, fields)
     if args.data:
         given["data"] = [d for d in args.data.split(",") if d]

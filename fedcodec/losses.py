@@ -112,11 +112,17 @@ class SemanticLoss(nn.Module):
     task and adversarial terms per sample (0 = rate and distortion only, e.g. for crops re-windowed beyond
     what the task network was trained on); ``task_view`` maps ``x_hat`` to what the task network reads (e.g.
     :func:`fedcodec.training_data.undo_intensity_windows`), before the codec's own ``task_input``.
+    ``hyper_rate_weight`` multiplies the hyper-latent's bits in the rate term (1 = every bit costs the same;
+    above 1 pushes side information down, which is what the lowest qualities' files are most sensitive to);
+    the reported ``bpp`` is always the real estimate.
     """
 
     def __init__(self, weights: LossWeights, num_qualities: int,
-                 discriminator: LabelMapDiscriminator | None = None) -> None:
+                 discriminator: LabelMapDiscriminator | None = None, hyper_rate_weight: float = 1.0) -> None:
         super().__init__()
+        if not (math.isfinite(hyper_rate_weight) and hyper_rate_weight >= 0):
+            raise ValueError(f"hyper_rate_weight must be a finite number >= 0, got {hyper_rate_weight}")
+        self.hyper_rate_weight = float(hyper_rate_weight)
         qw = weights.quality_weights or default_quality_weights(num_qualities)
         if len(qw) != num_qualities:
             raise ValueError(f"need {num_qualities} quality weights, got {len(qw)}")
@@ -129,6 +135,10 @@ class SemanticLoss(nn.Module):
                 task_view: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict:
         b = x.shape[0]
         bpp = bits_per_pixel(out["likelihoods"], x.shape[-2] * x.shape[-1])
+        rate = bpp
+        if self.hyper_rate_weight != 1.0:
+            z_bpp = bits_per_pixel({"z": out["likelihoods"]["z"]}, x.shape[-2] * x.shape[-1])
+            rate = bpp + (self.hyper_rate_weight - 1.0) * z_bpp
         mse = (out["x_hat"] - x).pow(2).flatten(1).mean(1)
         w = self.quality_weights[torch.as_tensor(quality, device=x.device).expand(b)]
         weighted = self.weights.lambda_d * 255**2 * mse
@@ -147,6 +157,6 @@ class SemanticLoss(nn.Module):
                 adv = F.binary_cross_entropy_with_logits(fake, torch.ones_like(fake), reduction="none")
                 adv = adv.flatten(1).mean(1)
                 weighted = weighted + self.weights.lambda_adv * tw * adv
-        per_sample = bpp + w * weighted
+        per_sample = rate + w * weighted
         return {"loss": per_sample.mean(), "per_sample": per_sample, "bpp": bpp.mean(), "mse": mse.mean(),
                 "task": task.mean(), "adv": adv.mean()}

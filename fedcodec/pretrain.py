@@ -120,6 +120,7 @@ class PretrainConfig:
     intensity_windows: float = 0.0   # share of crops re-windowed to clip at black and white (training_data)
     intensity_windows_quality: int = 0  # re-windowed crops train at this quality (0-based) and above
     window_task: bool = False       # task loss on re-windowed crops too, read through the inverse window
+    hyper_rate_weight: float = 1.0  # weight of the hyper-latent's bits in the rate term (SemanticLoss)
     data: list[str] = field(default_factory=list)  # real labelled folders mixed into the pool
     task_ensemble: list[list[Any]] = field(default_factory=list)  # [[arch, features, seed], ...]; empty = one
     warmup_steps: int = 0           # linear learning-rate warm-up at the start of the schedule
@@ -447,7 +448,8 @@ def pretrain(config: PretrainConfig | None, out_dir: str | Path, task_net: torch
             lambda_t = stage.lambda_t if config.semantic else 0.0
             loss_fn = SemanticLoss(LossWeights(stage.lambda_d, lambda_t, config.lambda_adv if lambda_t else 0.0,
                                                list(config.quality_weights)),
-                                   config.num_qualities, discriminator=disc).to(device)
+                                   config.num_qualities, discriminator=disc,
+                                   hyper_rate_weight=config.hyper_rate_weight).to(device)
             if lambda_t:   # the trade-off adaptation will use by default (saved with every codec file)
                 codec.training_loss = LossWeights(stage.lambda_d, lambda_t, 0.0, list(config.quality_weights))
             log.info("pretrain stage %d/%d '%s' from step %d, lambda_d %g, lambda_t %g", stage_idx + 1,

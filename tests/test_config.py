@@ -94,6 +94,7 @@ def test_cli_adapt_flags_have_no_defaults_of_their_own():
                                                  "intensity_windows"))
     assert parser.parse_args(["pretrain", "--out", "x", "--intensity-windows", "0.5"]).intensity_windows == 0.5
     assert parser.parse_args(["pretrain", "--out", "x", "--window-task"]).window_task is True
+    assert parser.parse_args(["pretrain", "--out", "x", "--hyper-rate-weight", "3"]).hyper_rate_weight == 3.0
 
 
 def test_cli_adapt_rejects_unknown_groups(capsys):

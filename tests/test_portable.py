@@ -53,8 +53,13 @@ def test_symbols_identical_across_threads_and_batches(threads, quality):
     x, _ = image_to_tensor(a.image, (0.0, 255.0))
     with torch.no_grad():
         y = codec.g_a(x)
-        expect = torch.round((y.double() - ref["means"]) * ref["gain"])
-    assert torch.equal(ref["symbols"], expect)
+        value = (y.double() - ref["means"]) * ref["gain"]
+    # The encoder runs the analysis channels-last: a value that sits on a half to float32 precision may round
+    # the other way in this plain recomputation (the decoder never recomputes it, so that is no desync).
+    differ = ref["symbols"] != torch.round(value)
+    assert torch.all((value[differ].abs() % 1 - 0.5).abs() < 1e-4)
+    assert torch.all((ref["symbols"][differ] - value[differ]).abs() <= 0.5 + 1e-4)
+    assert int(differ.sum()) <= 2
     assert np.abs(img1.astype(int) - img2.astype(int)).max() <= 1
 
 
@@ -144,4 +149,28 @@ def test_cli_decodes_a_stream_of_the_previous_default_without_model(tmp_path, th
     old = np.asarray(Image.open(src.with_suffix(".png")))
     assert np.mean(np.asarray(Image.open(tmp_path / "out.png")) == old) > 0.99
     with pytest.raises(ModelMismatchError, match="made by model d3afa89ddaaa"):
+        decode_image(load_codec(), src.read_bytes())
+
+
+@pytest.mark.parametrize("name", ["h0_q0", "h1_q7"])
+def test_cli_decodes_a_stream_of_the_lean_default_of_2026_11_27_without_model(tmp_path, threads, name):
+    """Streams of the lean default (model 0622d19abf87, phantom seed 3, 256x256, written before it was replaced
+    on 2026-11-27; the PNG is its decoder's output) decode without --model through the copy kept in
+    fedcodec/assets/default-2026-11-27; the current default refuses them by name."""
+    threads(2)
+    from pathlib import Path
+
+    from PIL import Image
+
+    from fedcodec.cli import main
+    from fedcodec.errors import ModelMismatchError
+    from fedcodec.model_io import load_codec
+
+    src = Path(__file__).parent / "data" / "bitstreams_lean" / f"{name}.fcd"
+    assert main(["decode", str(src), str(tmp_path / "out.png")]) == 0
+    old = np.asarray(Image.open(src.with_suffix(".png")))
+    new = np.asarray(Image.open(tmp_path / "out.png"))
+    assert new.shape == old.shape and np.abs(new.astype(int) - old.astype(int)).max() <= 1
+    assert np.mean(new == old) > 0.99
+    with pytest.raises(ModelMismatchError, match="made by model 0622d19abf87"):
         decode_image(load_codec(), src.read_bytes())

@@ -127,6 +127,21 @@ def test_task_weight_zero_leaves_rate_and_distortion_only(task_net, shots):
     assert plain["per_sample"][0] > mixed["per_sample"][0]
 
 
+def test_hyper_rate_weight_charges_the_side_information_only(task_net, shots):
+    codec = make_tiny_codec(0)
+    images, masks = samples_to_tensors(shots)
+    q = torch.tensor([0, 3])
+    out = codec(images, q)
+    plain = SemanticLoss(LossWeights(lambda_t=1.0), 4)(out, images, masks, q, task_net, codec)
+    heavy = SemanticLoss(LossWeights(lambda_t=1.0), 4, hyper_rate_weight=3.0)(out, images, masks, q, task_net, codec)
+    z_bpp = -torch.log2(out["likelihoods"]["z"]).flatten(1).sum(1) / (images.shape[-2] * images.shape[-1])
+    assert float(z_bpp.min()) > 0
+    torch.testing.assert_close(heavy["per_sample"] - plain["per_sample"], 2.0 * z_bpp)
+    assert heavy["bpp"] == plain["bpp"]   # the reported rate stays the real estimate
+    with pytest.raises(ValueError, match="hyper_rate_weight"):
+        SemanticLoss(LossWeights(), 4, hyper_rate_weight=float("nan"))
+
+
 def test_random_intensity_windows_stretch_a_share_of_the_batch_to_the_whole_range():
     import numpy as np
 
@@ -227,7 +242,7 @@ def test_pretrain_resume_continues_exactly(tmp_path):
     kw = dict(steps=6, images=4, image_size=128, crop=64, batch_size=2, N=16, M=16, Nz=4,
               decoder_widths=[16, 16, 8], task_ensemble=[["unet", [4, 8, 8], 1], ["basicunet", [4, 4, 8, 8, 8, 4], 2]],
               task_steps=2, warmup_steps=2, val_every=3, val_images=1, log_every=1, checkpoint_every=2,
-              intensity_windows=0.5, intensity_windows_quality=4, window_task=True)
+              intensity_windows=0.5, intensity_windows_quality=4, window_task=True, hyper_rate_weight=2.0)
     full, _, s_full = pretrain(lean_config(**kw), tmp_path / "full", progress=False)
     _, _, s_half = pretrain(lean_config(**kw), tmp_path / "chunks", progress=False, max_minutes=1e-9)
     assert not s_half["finished"] and s_half["step"] == 1 and (tmp_path / "chunks" / "checkpoint.pt").is_file()
