@@ -27,6 +27,15 @@ def shots():
     return make_phantoms(2, seed=11, size=128, hospital=2)
 
 
+@pytest.fixture
+def coded_shots(shots):
+    """A tiny codec's forward pass on the two shots at qualities 0 and 3: ``(codec, images, masks, q, out)``."""
+    codec = make_tiny_codec(0)
+    images, masks = samples_to_tensors(shots)
+    q = torch.tensor([0, 3])
+    return codec, images, masks, q, codec(images, q)
+
+
 def test_adapt_changes_only_the_subset(task_net, shots):
     codec = make_tiny_codec(0)
     before = {k: v.clone() for k, v in codec.state_dict().items()}
@@ -97,11 +106,8 @@ def test_adapt_rejects_unannotated(task_net):
         adapt(make_tiny_codec(0), task_net, [], AdaptConfig(steps=1))
 
 
-def test_loss_terms_and_discriminator(task_net, shots):
-    codec = make_tiny_codec(0)
-    images, masks = samples_to_tensors(shots)
-    q = torch.tensor([0, 3])
-    out = codec(images, q)
+def test_loss_terms_and_discriminator(task_net, coded_shots):
+    codec, images, masks, q, out = coded_shots
     plain = SemanticLoss(LossWeights(lambda_t=1.0), 4)(out, images, masks, q, task_net, codec)
     assert plain["per_sample"].shape == (2,) and plain["task"] > 0 and plain["adv"] == 0
     disc = LabelMapDiscriminator()
@@ -113,11 +119,8 @@ def test_loss_terms_and_discriminator(task_net, shots):
     assert w[0] < w[-1] and len(w) == 8
 
 
-def test_task_weight_zero_leaves_rate_and_distortion_only(task_net, shots):
-    codec = make_tiny_codec(0)
-    images, masks = samples_to_tensors(shots)
-    q = torch.tensor([0, 3])
-    out = codec(images, q)
+def test_task_weight_zero_leaves_rate_and_distortion_only(task_net, coded_shots):
+    codec, images, masks, q, out = coded_shots
     semantic = SemanticLoss(LossWeights(lambda_t=1.0), 4)
     mixed = semantic(out, images, masks, q, task_net, codec, task_weight=torch.tensor([0.0, 1.0]))
     plain = semantic(out, images, masks, q, task_net, codec)
@@ -127,11 +130,8 @@ def test_task_weight_zero_leaves_rate_and_distortion_only(task_net, shots):
     assert plain["per_sample"][0] > mixed["per_sample"][0]
 
 
-def test_hyper_rate_weight_charges_the_side_information_only(task_net, shots):
-    codec = make_tiny_codec(0)
-    images, masks = samples_to_tensors(shots)
-    q = torch.tensor([0, 3])
-    out = codec(images, q)
+def test_hyper_rate_weight_charges_the_side_information_only(task_net, coded_shots):
+    codec, images, masks, q, out = coded_shots
     plain = SemanticLoss(LossWeights(lambda_t=1.0), 4)(out, images, masks, q, task_net, codec)
     heavy = SemanticLoss(LossWeights(lambda_t=1.0), 4, hyper_rate_weight=3.0)(out, images, masks, q, task_net, codec)
     z_bpp = -torch.log2(out["likelihoods"]["z"]).flatten(1).sum(1) / (images.shape[-2] * images.shape[-1])

@@ -1,4 +1,5 @@
-"""Continue the lean default (``training/lean/best.pt``, or another codec file of ``training/``) in a run folder of its own, resumable in chunks.
+"""Continue the lean default (``training/lean/best.pt``) or another codec file of ``training/`` in a run
+folder of its own, resumable in chunks.
 
 Shared by the continuation scripts beside it (``train_lean_ct.py``, ``train_lean_fidelity.py``): the three
 ensemble segmenters and the cached x265 validation points of ``training/lean`` are copied into the run folder
