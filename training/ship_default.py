@@ -23,17 +23,18 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def lineage(run: Path) -> list[dict]:
-    """The run and every run it continues (via ``config.init``), newest first."""
+    """The run and every run it continues (via ``config.init``), newest first; ``init`` paths recorded relative
+    to the repository (the runs write them absolute, which would ship this machine's layout)."""
     out = []
     while run is not None:
         record = json.loads((run / "pretrain.json").read_text())
-        config = record["config"]
+        config = dict(record["config"])
+        init = (REPO / config["init"]).resolve() if config.get("init") else None
+        if init is not None and init.is_relative_to(REPO):
+            config["init"] = str(init.relative_to(REPO))
         out.append({"run": str(run.relative_to(REPO)), "config": config,
                     "seconds_total": record.get("seconds_total"), "finished": record.get("finished")})
-        init = Path(config.get("init") or "")
-        run = init.parent if config.get("init") and (init.parent / "pretrain.json").exists() else None
-        if run is not None and not run.is_absolute():
-            run = (REPO / run).resolve()
+        run = init.parent if init is not None and (init.parent / "pretrain.json").exists() else None
     return out
 
 
