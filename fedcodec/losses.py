@@ -15,7 +15,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -113,16 +113,22 @@ class SemanticLoss(nn.Module):
     what the task network was trained on); ``task_view`` maps ``x_hat`` to what the task network reads (e.g.
     :func:`fedcodec.training_data.undo_intensity_windows`), before the codec's own ``task_input``.
     ``hyper_rate_weight`` multiplies the hyper-latent's bits in the rate term (1 = every bit costs the same;
-    above 1 pushes side information down, which is what the lowest qualities' files are most sensitive to);
-    the reported ``bpp`` is always the real estimate.
+    above 1 pushes side information down, which is what the lowest qualities' files are most sensitive to):
+    one number for every quality, or one per quality (e.g. heavier at the lowest, where the side information
+    is the largest share of a file); the reported ``bpp`` is always the real estimate.
     """
 
     def __init__(self, weights: LossWeights, num_qualities: int,
-                 discriminator: LabelMapDiscriminator | None = None, hyper_rate_weight: float = 1.0) -> None:
+                 discriminator: LabelMapDiscriminator | None = None,
+                 hyper_rate_weight: float | Sequence[float] = 1.0) -> None:
         super().__init__()
-        if not (math.isfinite(hyper_rate_weight) and hyper_rate_weight >= 0):
-            raise ValueError(f"hyper_rate_weight must be a finite number >= 0, got {hyper_rate_weight}")
-        self.hyper_rate_weight = float(hyper_rate_weight)
+        hw = ([float(hyper_rate_weight)] * num_qualities if isinstance(hyper_rate_weight, (int, float))
+              else [float(v) for v in hyper_rate_weight])
+        if len(hw) != num_qualities or not all(math.isfinite(v) and v >= 0 for v in hw):
+            raise ValueError(f"hyper_rate_weight must be one finite number >= 0 or {num_qualities} of them (one "
+                             f"per quality), got {hyper_rate_weight}")
+        self.hyper_rate_weight = hw[0] if len(set(hw)) == 1 else hw
+        self.register_buffer("hyper_rate_weights", torch.tensor(hw, dtype=torch.float32))
         qw = weights.quality_weights or default_quality_weights(num_qualities)
         if len(qw) != num_qualities:
             raise ValueError(f"need {num_qualities} quality weights, got {len(qw)}")
@@ -136,11 +142,12 @@ class SemanticLoss(nn.Module):
         b = x.shape[0]
         bpp = bits_per_pixel(out["likelihoods"], x.shape[-2] * x.shape[-1])
         rate = bpp
+        q = torch.as_tensor(quality, device=x.device).expand(b)
         if self.hyper_rate_weight != 1.0:
             z_bpp = bits_per_pixel({"z": out["likelihoods"]["z"]}, x.shape[-2] * x.shape[-1])
-            rate = bpp + (self.hyper_rate_weight - 1.0) * z_bpp
+            rate = bpp + (self.hyper_rate_weights[q] - 1.0) * z_bpp
         mse = (out["x_hat"] - x).pow(2).flatten(1).mean(1)
-        w = self.quality_weights[torch.as_tensor(quality, device=x.device).expand(b)]
+        w = self.quality_weights[q]
         weighted = self.weights.lambda_d * 255**2 * mse
         task = torch.zeros_like(mse)
         adv = torch.zeros_like(mse)

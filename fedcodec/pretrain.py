@@ -120,7 +120,8 @@ class PretrainConfig:
     intensity_windows: float = 0.0   # share of crops re-windowed to clip at black and white (training_data)
     intensity_windows_quality: int = 0  # re-windowed crops train at this quality (0-based) and above
     window_task: bool = False       # task loss on re-windowed crops too, read through the inverse window
-    hyper_rate_weight: float = 1.0  # weight of the hyper-latent's bits in the rate term (SemanticLoss)
+    hyper_rate_weight: float | list[float] = 1.0  # weight of the hyper-latent's bits in the rate term: one, or one
+    #                                                per quality (SemanticLoss)
     data: list[str] = field(default_factory=list)  # real labelled folders mixed into the pool
     task_ensemble: list[list[Any]] = field(default_factory=list)  # [[arch, features, seed], ...]; empty = one
     warmup_steps: int = 0           # linear learning-rate warm-up at the start of the schedule

@@ -138,8 +138,16 @@ def test_hyper_rate_weight_charges_the_side_information_only(task_net, coded_sho
     assert float(z_bpp.min()) > 0
     torch.testing.assert_close(heavy["per_sample"] - plain["per_sample"], 2.0 * z_bpp)
     assert heavy["bpp"] == plain["bpp"]   # the reported rate stays the real estimate
-    with pytest.raises(ValueError, match="hyper_rate_weight"):
-        SemanticLoss(LossWeights(), 4, hyper_rate_weight=float("nan"))
+    # one weight per quality: each sample's side information is charged at its own quality's weight
+    per_quality = [5.0, 1.0, 2.0, 0.5]
+    graded = SemanticLoss(LossWeights(lambda_t=1.0), 4, hyper_rate_weight=per_quality)(
+        out, images, masks, q, task_net, codec)
+    expected = (torch.tensor(per_quality)[q] - 1.0) * z_bpp
+    torch.testing.assert_close(graded["per_sample"] - plain["per_sample"], expected)
+    assert len(set(q.tolist())) > 1   # the shots are coded at several qualities, so the weights differ
+    for bad in (float("nan"), [1.0, 2.0], [1.0, -1.0, 1.0, 1.0]):
+        with pytest.raises(ValueError, match="hyper_rate_weight"):
+            SemanticLoss(LossWeights(), 4, hyper_rate_weight=bad)
 
 
 def test_random_intensity_windows_stretch_a_share_of_the_batch_to_the_whole_range():
