@@ -69,6 +69,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--compare", default="", help="results.json files of other codecs measured with this script "
                    "(same sets and segmenters), comma-separated: a side-by-side table and the side-information "
                    "counterfactual are added")
+    p.add_argument("--select", default="holdout", choices=("holdout", "crossfold"), help="how adapt chooses "
+                   "(fedcodec adapt --select)")
     p.add_argument("--draws", type=int, default=4, help="K=1 is repeated with each of the first DRAWS shots "
                    "(one shot cannot speak for a site: 'never worse than the pretrained codec' is checked on each)")
     p.add_argument("--quick", action="store_true", help="4 images, 100 segmenter steps; no BENCHMARKS.md")
@@ -209,7 +211,7 @@ def run_set(name: str, codec, args, out: Path) -> dict:
         # the site's unannotated scans: its archive (the segmenter's images) without the K shots, 8 of them
         used = {s.name for s in group}
         unlabeled = [s for s in train if s.name not in used][:8] if args.unlabeled else None
-        r = adapt(adapted, seg, group, AdaptConfig(device="cpu"), unlabeled=unlabeled)
+        r = adapt(adapted, seg, group, AdaptConfig(device="cpu", select=args.select), unlabeled=unlabeled)
         entry = {"points": evaluate_codec(adapted, seg, heldout), "kind": "learned", "selection": r.reason,
                  "kept": r.metrics.get("kept"), "unlabeled": len(unlabeled or []), "shots": [s.name for s in group]}
         if first == 0:

@@ -110,7 +110,9 @@ class AdaptConfig:
     seed: int = 0
     dp: DPConfig | None = None
     quality_weights: list[float] = field(default_factory=list)   # one per quality; empty = the codec's
-    # "holdout": never leave a site worse off than the pretrained codec (see adapt); "none": train blindly.
+    # "holdout": never leave a site worse off than the pretrained codec (see adapt); "crossfold": the same with
+    # the two halves of the shots swapping roles in a second fold (twice the selection time, a steadier judge);
+    # "none": train blindly.
     select: str = "holdout"
     check_every: int = 10             # steps between held-out checks when selecting
     min_gain: float = 0.005           # relative held-out loss improvement required to keep an adaptation
@@ -119,6 +121,10 @@ class AdaptConfig:
     # 2 % rise came with a lower top-quality Dice on its other slices)
     task_tolerance: float = 0.0
     device: str = "auto"              # where training runs: auto (CUDA when present), cpu, cuda
+
+
+#: The adaptation selections (AdaptConfig.select).
+SELECTIONS = ("holdout", "crossfold", "none")
 
 
 @dataclass
@@ -306,6 +312,23 @@ def choose_steps(base: Sequence[float], checks: Sequence[Sequence[float]], min_g
                f"after {int(best[0])} steps): keeping the pretrained subset")
 
 
+def combine_folds(folds: Sequence[tuple[Sequence[float], Sequence[Sequence[float]]]]
+                  ) -> tuple[tuple[float, ...], list[tuple[float, ...]]]:
+    """One ``(base, checks)`` for :func:`choose_steps` from several folds' ``(base, checks)``: with one fold, that
+    fold's; with several, each value relative to its fold's start (the equal-rate ratio already is one), averaged
+    over the folds at every step count they share, so the base reads 1 everywhere."""
+    if len(folds) == 1:
+        base, checks = folds[0]
+        return tuple(base), [tuple(c) for c in checks]
+    steps = sorted(set.intersection(*({int(c[0]) for c in checks} for _, checks in folds)))
+    combined = []
+    for step in steps:
+        rows = [next(c for c in checks if int(c[0]) == step) for _, checks in folds]
+        combined.append((step, *(float(np.mean([r[i + 1] / (b[i] if b[i] else 1.0) for r, (b, _) in zip(rows, folds)]))
+                                 for i in range(len(folds[0][0])))))
+    return tuple(1.0 for _ in folds[0][0]), combined
+
+
 def consistency_targets(task_net: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
     """What the frozen task network reads in uncompressed images ``(B, 1, H, W)`` in [0, 1]: ``(B, 1, H, W)``
     uint8 {0, 1}. The codec's job is that the network reads the decoded image the same way, so on a site's
@@ -334,7 +357,9 @@ def adapt(codec: SemanticCodec, task_net: torch.nn.Module, samples: Sequence[Sam
     steps with the lowest held-out loss if that beats the starting codec's by ``min_gain`` (relative) without
     raising the held-out task loss at the top quality, or the held-out task loss at equal rate
     (:func:`equal_rate_task_ratio`), by more than ``task_tolerance`` (:func:`choose_steps`), and then trains
-    that many steps on the whole shots. If no step count helps, the codec is left exactly as it was. The loss
+    that many steps on the whole shots. If no step count helps, the codec is left exactly as it was. With
+    ``"crossfold"`` the halves also swap roles and each value is averaged over the two folds, relative to
+    each fold's start (:func:`combine_folds`). The loss
     weights are the codec's own unless the config sets them (:func:`loss_weights`). ``metrics`` say what was
     chosen and why (``selected_steps``, ``heldout_start``, ``heldout_best``, ``equal_rate_task_ratio``,
     ``kept`` = 1 adapted / 0 fallback).
@@ -353,14 +378,16 @@ def adapt(codec: SemanticCodec, task_net: torch.nn.Module, samples: Sequence[Sam
     codec.to(device)
     task_net.to(device)
     images, masks = images.to(device), masks.to(device)
-    split = spatial_holdout(images, masks) if config.select == "holdout" and config.dp is None else None
-    if config.select not in ("holdout", "none"):
-        raise ValueError(f"unknown adaptation selection {config.select!r}; use 'holdout' or 'none'")
+    if config.select not in SELECTIONS:
+        raise ValueError(f"unknown adaptation selection {config.select!r}; use one of {SELECTIONS}")
+    split = spatial_holdout(images, masks) if config.select != "none" and config.dp is None else None
     if split is None:
         result = train_subset(codec, task_net, (images, masks), config, global_state, dp_history, progress)
         result.metrics.update(selected_steps=float(config.steps), kept=1.0)
         return result
     tr_x, tr_m, va_x, va_m = split
+    # "crossfold": the two halves swap roles in a second fold; one half of one shot is a noisy judge
+    folds = [split] + ([(va_x, va_m, tr_x, tr_m)] if config.select == "crossfold" else [])
     initial = codec.group_state_dict(config.groups)
     top = max(config.qualities or range(codec.num_qualities))
     guard_names = ["top-quality task loss", "task loss at equal rate (ratio)"]
@@ -370,25 +397,31 @@ def adapt(codec: SemanticCodec, task_net: torch.nn.Module, samples: Sequence[Sam
         ut = consistency_targets(task_net, ux)
         guard_names.append(f"consistency on {len(ux)} unannotated scans")
 
-    def measure(reference: list[tuple[float, float]] | None) -> tuple[tuple[float, ...], list[tuple[float, float]]]:
-        """``(objective, guards...)`` on the held-out halves, and the rate-task curve (the ratio's reference:
-        the starting codec's curve; None = this measurement is the start)."""
-        objective, top_task, curve = heldout_loss(codec, task_net, va_x, va_m, config)
-        values = (objective, top_task, equal_rate_task_ratio(reference or curve, curve))
-        if unlabeled is not None:
-            values = (*values, top_quality_task_loss(codec, task_net, ux, ut, top))
-        return values, curve
+    fold_results = []
+    for fold_x, fold_m, check_x, check_m in folds:
+        def measure(reference: list[tuple[float, float]] | None) -> tuple[tuple[float, ...], list[tuple[float, float]]]:
+            """``(objective, guards...)`` on this fold's held-out half, and the rate-task curve (the ratio's
+            reference: the starting codec's curve; None = this measurement is the start)."""
+            objective, top_task, curve = heldout_loss(codec, task_net, check_x, check_m, config)
+            values = (objective, top_task, equal_rate_task_ratio(reference or curve, curve))
+            if unlabeled is not None:
+                values = (*values, top_quality_task_loss(codec, task_net, ux, ut, top))
+            return values, curve
 
-    base, base_curve = measure(None)
-    checks: list[tuple[float, ...]] = []
+        base, base_curve = measure(None)
+        checks: list[tuple[float, ...]] = []
 
-    def monitor(step: int) -> None:
-        if step % config.check_every == 0 or step == config.steps:
-            checks.append((step, *measure(base_curve)[0]))
+        def monitor(step: int) -> None:
+            if step % config.check_every == 0 or step == config.steps:
+                checks.append((step, *measure(base_curve)[0]))
 
-    train_subset(codec, task_net, (tr_x, tr_m), config, global_state, None, False, monitor=monitor)
-    codec.load_group_state_dict(initial, config.groups)
+        train_subset(codec, task_net, (fold_x, fold_m), config, global_state, None, False, monitor=monitor)
+        codec.load_group_state_dict(initial, config.groups)
+        fold_results.append((base, checks))
+    base, checks = combine_folds(fold_results)
     best_step, why = choose_steps(base, checks, config.min_gain, config.task_tolerance, guard_names)
+    if len(folds) > 1:
+        why = f"{len(folds)} folds (each half of the shots judges training on the other), relative to the start: {why}"
     keep = best_step > 0
     chosen = next(c for c in checks if c[0] == best_step) if keep else None
     best = chosen[1] if keep else min((c[1] for c in checks), default=math.inf)

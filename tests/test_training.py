@@ -338,6 +338,30 @@ def test_choose_steps_keeps_only_what_beats_the_start_without_costing_the_top_qu
     assert step == 20 and "consistency 0.2000 -> 0.2000" in why
 
 
+def test_crossfold_selection_averages_the_two_folds_relative_to_their_starts(task_net, shots):
+    from fedcodec.adapt import combine_folds
+
+    # fold 1 improves 10 % at step 10, fold 2 worsens 20 %: on average worse, so step 10 is not a gain
+    folds = [((2.0, 0.5, 1.0), [(10, 1.8, 0.5, 0.9), (20, 1.9, 0.45, 1.0)]),
+             ((4.0, 0.2, 1.0), [(10, 4.8, 0.2, 1.1), (20, 3.6, 0.2, 0.9)])]
+    base, checks = combine_folds(folds)
+    assert base == (1.0, 1.0, 1.0)
+    assert checks[0] == pytest.approx((10, 1.05, 1.0, 1.0))
+    assert checks[1] == pytest.approx((20, 0.925, 0.95, 0.95))
+    assert combine_folds(folds[:1]) == ((2.0, 0.5, 1.0), [(10, 1.8, 0.5, 0.9), (20, 1.9, 0.45, 1.0)])
+    # steps only one fold checked are dropped (both folds run the same schedule, so none in practice)
+    assert [c[0] for c in combine_folds([folds[0], (folds[1][0], folds[1][1][:1])])[1]] == [10]
+
+    codec = make_tiny_codec(0)
+    before = {k: v.clone() for k, v in codec.state_dict().items()}
+    result = adapt(codec, task_net, shots[:1], AdaptConfig(steps=10, lr=1e-2, check_every=5, select="crossfold"))
+    assert result.reason.startswith("2 folds")
+    changed = any(not torch.equal(before[k], v) for k, v in codec.state_dict().items())
+    assert changed == bool(result.metrics["kept"])   # refused: exactly as it was; kept: trained on the whole shot
+    with pytest.raises(ValueError, match="unknown adaptation selection"):
+        adapt(make_tiny_codec(0), task_net, shots[:1], AdaptConfig(steps=2, select="twofold"))
+
+
 def test_adapt_that_cannot_help_leaves_the_codec_exactly_as_it_was(task_net, shots):
     codec = make_tiny_codec(0)
     before = {k: v.clone() for k, v in codec.state_dict().items()}

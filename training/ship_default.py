@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Ship a codec of a training run as the embedded default (``fedcodec/assets/default/``).
 
-    python training/ship_default.py RUN_FOLDER [FILE] --recipe TEXT --keep-previous-as DATE
+    python training/ship_default.py RUN_FOLDER [FILE] --recipe TEXT --keep-previous-as DATE [--rule TEXT]
 
 The current default moves to ``fedcodec/assets/default-DATE/`` first (so bitstreams it wrote still decode:
 add its model id to ``fedcodec.model_io.PREVIOUS_DEFAULT_CODECS``). The codec is re-saved with its lineage in
@@ -44,6 +44,8 @@ def main() -> None:
     p.add_argument("file", nargs="?", default="best.pt")
     p.add_argument("--recipe", required=True, help="how the codec was made (commands; the README to read)")
     p.add_argument("--keep-previous-as", required=True, help="DATE of fedcodec/assets/default-DATE/")
+    p.add_argument("--rule", default="best steering-validation score (mean BD-rate vs x265 of hospitals 0 and 1, "
+                   "seed-5000 phantoms, segmenter task.pt)", help="why this file of the run was chosen")
     args = p.parse_args()
     run = Path(args.run).resolve()
     source = run / args.file
@@ -56,8 +58,7 @@ def main() -> None:
     with open(run / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
     selected = {"file": str(source.relative_to(REPO)), "step": meta.get("step", int(rows[-1]["step"])),
-                "rule": "best steering-validation score (mean BD-rate vs x265 of hospitals 0 and 1, seed-5000 "
-                        "phantoms, segmenter task.pt)", "validation": meta.get("validation")}
+                "rule": args.rule, "validation": meta.get("validation")}
     runs = lineage(run)
     # "config" is the last run's (what fedcodec.losses and rate_task read); "lineage" holds every run's
     record = {"recipe": args.recipe, "selected": selected, "config": runs[0]["config"], "lineage": runs,
