@@ -69,8 +69,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--compare", default="", help="results.json files of other codecs measured with this script "
                    "(same sets and segmenters), comma-separated: a side-by-side table and the side-information "
                    "counterfactual are added")
-    p.add_argument("--select", default="holdout", choices=("holdout", "crossfold"), help="how adapt chooses "
-                   "(fedcodec adapt --select)")
+    p.add_argument("--select", default="crossfold", choices=("holdout", "crossfold"), help="how adapt chooses "
+                   "(fedcodec adapt --select; the scoreboards before 2026-11-28 used holdout)")
     p.add_argument("--draws", type=int, default=4, help="K=1 is repeated with each of the first DRAWS shots "
                    "(one shot cannot speak for a site: 'never worse than the pretrained codec' is checked on each)")
     p.add_argument("--quick", action="store_true", help="4 images, 100 segmenter steps; no BENCHMARKS.md")
