@@ -129,6 +129,19 @@ def _number(kind: type, lo: float | None = None, hi: float | None = None, lo_ope
     return parse
 
 
+def _numbers(kind: type, lo: float | None = None, hi: float | None = None) -> Any:
+    """An argparse ``type`` for one number or a comma-separated list of them (each as :func:`_number` checks):
+    returns the number itself, or a list."""
+    one = _number(kind, lo, hi)
+
+    def parse(text: str) -> Any:
+        values = [one(t.strip()) for t in text.split(",")]
+        return values[0] if len(values) == 1 else values
+
+    parse.__name__ = f"{kind.__name__} list"
+    return parse
+
+
 #: The accepted range of every numeric flag, by destination: (type, lo, hi, lo exclusive, hi exclusive).
 NUMERIC_FLAGS: dict[str, tuple] = {
     "n": (int, 1, 100_000), "hospital": (int, 0, 2**31 - 1), "seed": (int, 0, 2**32 - 1),
@@ -137,7 +150,6 @@ NUMERIC_FLAGS: dict[str, tuple] = {
     "image_size": (int, 64, 8192), "N": (int, 1, 4096), "M": (int, 1, 4096), "num_qualities": (int, 1, 255),
     "lambda_adv": (float, 0, 1e9), "gain_lr_scale": (float, 0, 1e6, True), "shots": (int, 1, 64),
     "intensity_windows": (float, 0, 1), "intensity_windows_quality": (int, 0, 254),
-    "hyper_rate_weight": (float, 0, 1e6),
     "lr": (float, 0, 10, True), "lambda_d": (float, 0, 1e9), "lambda_t": (float, 0, 1e9), "prox_mu": (float, 0, 1e6),
     "dp_noise": (float, 0, 1e6), "max_grad_norm": (float, 0, 1e6, True), "delta": (float, 0, 1, True, True),
     "limit": (int, 1, 10**7), "bandwidth": (float, 0, 1e9, True), "study_images": (int, 1, 10**7),
@@ -262,8 +274,9 @@ def build_parser() -> argparse.ArgumentParser:
                  "black and white (rate and distortion only), so real CT/MR's full range decodes")
     _config_flag(p, "--intensity-windows-quality", PRETRAIN, type=int, help="re-windowed crops train at this "
                  "quality (0-based) and above only")
-    _config_flag(p, "--hyper-rate-weight", PRETRAIN, type=float, help="weight of the hyper-latent's bits in "
-                 "the rate term (above 1 keeps the side information small)")
+    _config_flag(p, "--hyper-rate-weight", PRETRAIN, type=_numbers(float, 0, 1e6), metavar="W[,W...]",
+                 help="weight of the hyper-latent's bits in the rate term (above 1 keeps the side information "
+                 "small): one for every quality, or one per quality, e.g. 8,4,2,1,1,1,1,1 (the default's last rounds)")
     p.add_argument("--window-task", action="store_true", help="task loss on re-windowed crops too: the task "
                    "networks read their reconstructions through the inverse window")
     p.add_argument("--init", default=None, help="continue from this codec file with the fine-tune schedule "

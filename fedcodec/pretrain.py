@@ -352,6 +352,11 @@ def pretrain(config: PretrainConfig | None, out_dir: str | Path, task_net: torch
         config.device = device
     if bf16 is not None:
         config.bf16 = bf16
+    hw = config.hyper_rate_weight
+    if isinstance(hw, (list, tuple)) and len(hw) != config.num_qualities:
+        # checked before anything is written (the loss checks it again, but only after the segmenters trained)
+        raise DataError(f"hyper_rate_weight needs one weight or {config.num_qualities} (one per quality), got "
+                        f"{len(hw)}: {list(hw)}")
     codec_path = out_dir / "codec.pt"
     if not resume:
         check_new_output(codec_path, overwrite)

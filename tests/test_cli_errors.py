@@ -160,6 +160,8 @@ CASES = [
     ("pretrain-lambda-adv-nan", "pretrain --out {out}/pre --lambda-adv nan", "finite"),
     ("pretrain-intensity-windows-above-1", "pretrain --out {out}/pre --intensity-windows 1.5", "--intensity-windows"),
     ("pretrain-hyper-rate-weight-negative", "pretrain --out {out}/pre --hyper-rate-weight -1", "--hyper-rate-weight"),
+    ("pretrain-hyper-rate-weight-per-quality-count", "pretrain --out {out}/pre --hyper-rate-weight 8,4,2",
+     "one per quality"),
     ("pretrain-out-is-file", "pretrain --out {a_file} --steps 1", "is a file"),
     ("task-train-steps-0", "task-train --data {data} --out {out}/t.pt --steps 0", "--steps"),
     ("export-subset-junk", "export --model {codec} --subset {junk} --out {out}/e.pt", "not a readable torch file"),

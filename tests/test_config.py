@@ -95,6 +95,8 @@ def test_cli_adapt_flags_have_no_defaults_of_their_own():
     assert parser.parse_args(["pretrain", "--out", "x", "--intensity-windows", "0.5"]).intensity_windows == 0.5
     assert parser.parse_args(["pretrain", "--out", "x", "--window-task"]).window_task is True
     assert parser.parse_args(["pretrain", "--out", "x", "--hyper-rate-weight", "3"]).hyper_rate_weight == 3.0
+    assert parser.parse_args(["pretrain", "--out", "x", "--hyper-rate-weight", "8,4,2,1"]).hyper_rate_weight == \
+        [8.0, 4.0, 2.0, 1.0]
 
 
 def test_cli_adapt_rejects_unknown_groups(capsys):
