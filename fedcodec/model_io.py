@@ -42,7 +42,8 @@ DEFAULT_TASK = DEFAULT_DIR / "task.pt"
 #: Codecs of earlier embedded defaults by the model id their bitstreams carry (the first 12 hex digits of the
 #: identity hash): a bitstream written with one of them decodes without ``--model``.
 PREVIOUS_DEFAULT_CODECS = {"d3afa89ddaaa": ASSETS_DIR / "default-2026-11-23" / "codec.pt",
-                           "0622d19abf87": ASSETS_DIR / "default-2026-11-27" / "codec.pt"}
+                           "0622d19abf87": ASSETS_DIR / "default-2026-11-27" / "codec.pt",
+                           "f261d906945a": ASSETS_DIR / "default-2026-11-27-evening" / "codec.pt"}
 
 
 def check_new_output(path: str | Path, overwrite: bool = False) -> Path:

@@ -152,11 +152,18 @@ def test_cli_decodes_a_stream_of_the_previous_default_without_model(tmp_path, th
         decode_image(load_codec(), src.read_bytes())
 
 
+#: Streams of earlier embedded defaults kept as fixtures: (folder under tests/data, model id). Each was written
+#: by that default (phantom seed 3, 256x256) before it was replaced; the PNG beside it is its decoder's output.
+PREVIOUS_DEFAULT_STREAMS = [("bitstreams_lean", "0622d19abf87"),    # the lean default, replaced 2026-11-27
+                            ("bitstreams_range", "f261d906945a")]   # lean + range rounds, replaced 2026-11-28
+
+
+@pytest.mark.parametrize("folder,model", PREVIOUS_DEFAULT_STREAMS)
 @pytest.mark.parametrize("name", ["h0_q0", "h1_q7"])
-def test_cli_decodes_a_stream_of_the_lean_default_of_2026_11_27_without_model(tmp_path, threads, name):
-    """Streams of the lean default (model 0622d19abf87, phantom seed 3, 256x256, written before it was replaced
-    on 2026-11-27; the PNG is its decoder's output) decode without --model through the copy kept in
-    fedcodec/assets/default-2026-11-27; the current default refuses them by name."""
+def test_cli_decodes_a_stream_of_an_earlier_lean_default_without_model(tmp_path, threads, folder, model, name):
+    """Streams of earlier lean defaults decode without --model through the copies kept in
+    fedcodec/assets/default-DATE (model_io.PREVIOUS_DEFAULT_CODECS), to within one grey level of what their
+    own decoder wrote; the current default refuses them by name."""
     threads(2)
     from pathlib import Path
 
@@ -166,11 +173,11 @@ def test_cli_decodes_a_stream_of_the_lean_default_of_2026_11_27_without_model(tm
     from fedcodec.errors import ModelMismatchError
     from fedcodec.model_io import load_codec
 
-    src = Path(__file__).parent / "data" / "bitstreams_lean" / f"{name}.fcd"
+    src = Path(__file__).parent / "data" / folder / f"{name}.fcd"
     assert main(["decode", str(src), str(tmp_path / "out.png")]) == 0
     old = np.asarray(Image.open(src.with_suffix(".png")))
     new = np.asarray(Image.open(tmp_path / "out.png"))
     assert new.shape == old.shape and np.abs(new.astype(int) - old.astype(int)).max() <= 1
     assert np.mean(new == old) > 0.99
-    with pytest.raises(ModelMismatchError, match="made by model 0622d19abf87"):
+    with pytest.raises(ModelMismatchError, match=f"made by model {model}"):
         decode_image(load_codec(), src.read_bytes())
