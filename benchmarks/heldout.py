@@ -346,7 +346,8 @@ def markdown(results: dict, others: list[dict] | None = None) -> str:
             return "n/a" if v is None else f"{v:+.1f} %"
 
         worse = sum(d["worse"] for _, d in draws)
-        lines += ["", f"K=1 with each of the first shots in turn (`--draws`): worse than the pretrained codec in "
+        lines += ["", f"K=1 with each of the first shots in turn (`--draws`; adapt's selection "
+                  f"`{results.get('select', 'holdout')}`): worse than the pretrained codec in "
                   f"**{worse} of {len(draws)}** draws (worse = BD-rate vs the pretrained codec above "
                   f"{WORSE_BD:+.0f} % or top-quality Dice down by more than {WORSE_TOP_DICE}).", "",
                   "| set | shot | kept | BD-rate vs pretrained | BD-rate vs x265 | top-quality Dice (pretrained) |",
@@ -391,7 +392,7 @@ def main(argv: list[str] | None = None) -> int:
     codec = load_codec(args.model)
     start = time.perf_counter()
     results = {"label": args.label or (Path(args.model).name if args.model else "embedded default"),
-               "model_id": codec.identity_hash()[:12], "config": codec.config,
+               "model_id": codec.identity_hash()[:12], "config": codec.config, "select": args.select,
                "date": time.strftime("%Y-%m-%d"), "commit": _git_commit(), "command": command_line(),
                "segmenter": f"{args.segmenter_arch} {args.segmenter_features} seed {args.segmenter_seed}, "
                             f"{args.segmenter_steps} steps",
