@@ -282,8 +282,11 @@ def side_info_counterfactual(result_set: dict, other_set: dict) -> dict[str, flo
 def compare_markdown(results: dict, others: list[dict]) -> list[str]:
     """Side-by-side BD-rates (Dice, vs x265) of this codec and ``others`` on the same sets and segmenters."""
     runs = [results, *others]
+    selections = ", ".join(f"`{r['label']}` {r.get('select', 'holdout')}" for r in runs
+                           if r.get("select", "holdout") != "holdout")
     lines = ["", "The same protocol (sets, images, segmenters, anchors) for other codecs: BD-rate of Dice vs x265 "
-             "(top-quality Dice).", "",
+             "(top-quality Dice). The K=1 and K=8 rows used the selection of each codec's own run: `holdout` "
+             f"(one fold) unless named here: {selections or 'none'}.", "",
              "| set | codec | " + " | ".join(f"`{r['label']}`" for r in runs) + " |",
              "|---|---|" + "---|" * len(runs)]
     for r in results["sets"]:
