@@ -35,6 +35,7 @@ import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from functools import partial
 
 import numpy as np
 import torch
@@ -346,6 +347,23 @@ def top_quality_task_loss(codec: SemanticCodec, task_net: torch.nn.Module, image
     return float(_decoded_losses(codec, task_net, images, targets, [quality], LossWeights(0.0, 1.0))[0]["task"])
 
 
+def _fold_checks(codec: SemanticCodec, task_net: torch.nn.Module, train: tuple[torch.Tensor, torch.Tensor],
+                 measure: Callable[[list | None], tuple[tuple[float, ...], list]], config: AdaptConfig,
+                 global_state: Mapping[str, torch.Tensor] | None) -> tuple[tuple[float, ...], list[tuple[float, ...]]]:
+    """One fold of the held-out selection: ``measure`` the starting codec, then train on ``train`` and measure
+    every ``check_every`` steps. Returns ``(base, checks)`` for :func:`combine_folds`; the caller restores the
+    subset."""
+    base, base_curve = measure(None)
+    checks: list[tuple[float, ...]] = []
+
+    def monitor(step: int) -> None:
+        if step % config.check_every == 0 or step == config.steps:
+            checks.append((step, *measure(base_curve)[0]))
+
+    train_subset(codec, task_net, train, config, global_state, None, False, monitor=monitor)
+    return base, checks
+
+
 def adapt(codec: SemanticCodec, task_net: torch.nn.Module, samples: Sequence[Sample] | tuple[torch.Tensor, torch.Tensor],
           config: AdaptConfig, global_state: Mapping[str, torch.Tensor] | None = None,
           dp_history: list | None = None, progress: bool = False,
@@ -398,27 +416,21 @@ def adapt(codec: SemanticCodec, task_net: torch.nn.Module, samples: Sequence[Sam
         ut = consistency_targets(task_net, ux)
         guard_names.append(f"consistency on {len(ux)} unannotated scans")
 
+    def measure(check_x: torch.Tensor, check_m: torch.Tensor, reference: list[tuple[float, float]] | None
+                ) -> tuple[tuple[float, ...], list[tuple[float, float]]]:
+        """``(objective, guards...)`` on a held-out half, and the rate-task curve (the ratio's reference: the
+        starting codec's curve; None = this measurement is the start)."""
+        objective, top_task, curve = heldout_loss(codec, task_net, check_x, check_m, config)
+        values = (objective, top_task, equal_rate_task_ratio(reference or curve, curve))
+        if unlabeled is not None:
+            values = (*values, top_quality_task_loss(codec, task_net, ux, ut, top))
+        return values, curve
+
     fold_results = []
     for fold_x, fold_m, check_x, check_m in folds:
-        def measure(reference: list[tuple[float, float]] | None) -> tuple[tuple[float, ...], list[tuple[float, float]]]:
-            """``(objective, guards...)`` on this fold's held-out half, and the rate-task curve (the ratio's
-            reference: the starting codec's curve; None = this measurement is the start)."""
-            objective, top_task, curve = heldout_loss(codec, task_net, check_x, check_m, config)
-            values = (objective, top_task, equal_rate_task_ratio(reference or curve, curve))
-            if unlabeled is not None:
-                values = (*values, top_quality_task_loss(codec, task_net, ux, ut, top))
-            return values, curve
-
-        base, base_curve = measure(None)
-        checks: list[tuple[float, ...]] = []
-
-        def monitor(step: int) -> None:
-            if step % config.check_every == 0 or step == config.steps:
-                checks.append((step, *measure(base_curve)[0]))
-
-        train_subset(codec, task_net, (fold_x, fold_m), config, global_state, None, False, monitor=monitor)
+        fold_results.append(_fold_checks(codec, task_net, (fold_x, fold_m), partial(measure, check_x, check_m),
+                                         config, global_state))
         codec.load_group_state_dict(initial, config.groups)
-        fold_results.append((base, checks))
     base, checks = combine_folds(fold_results)
     best_step, why = choose_steps(base, checks, config.min_gain, config.task_tolerance, guard_names)
     if len(folds) > 1:
