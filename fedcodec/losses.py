@@ -104,6 +104,16 @@ class LabelMapDiscriminator(nn.Module):
                 + F.binary_cross_entropy_with_logits(fake, torch.zeros_like(fake)))
 
 
+def hyper_rate_weights(value: float | Sequence[float], num_qualities: int) -> list[float]:
+    """``SemanticLoss``'s ``hyper_rate_weight`` as one weight per quality: one number for every quality, or a
+    sequence of ``num_qualities``; each finite and >= 0, else ValueError."""
+    hw = [float(value)] * num_qualities if isinstance(value, (int, float)) else [float(v) for v in value]
+    if len(hw) != num_qualities or not all(math.isfinite(v) and v >= 0 for v in hw):
+        raise ValueError(f"hyper_rate_weight must be one finite number >= 0 or {num_qualities} of them (one "
+                         f"per quality), got {value}")
+    return hw
+
+
 class SemanticLoss(nn.Module):
     """Rate + weighted distortion + task (+ adversarial) loss; see the module docstring.
 
@@ -122,12 +132,8 @@ class SemanticLoss(nn.Module):
                  discriminator: LabelMapDiscriminator | None = None,
                  hyper_rate_weight: float | Sequence[float] = 1.0) -> None:
         super().__init__()
-        hw = ([float(hyper_rate_weight)] * num_qualities if isinstance(hyper_rate_weight, (int, float))
-              else [float(v) for v in hyper_rate_weight])
-        if len(hw) != num_qualities or not all(math.isfinite(v) and v >= 0 for v in hw):
-            raise ValueError(f"hyper_rate_weight must be one finite number >= 0 or {num_qualities} of them (one "
-                             f"per quality), got {hyper_rate_weight}")
-        self.hyper_rate_weight = hw[0] if len(set(hw)) == 1 else hw
+        hw = hyper_rate_weights(hyper_rate_weight, num_qualities)
+        self.charges_hyper_latent = any(v != 1.0 for v in hw)   # else the rate term is the plain estimate
         self.register_buffer("hyper_rate_weights", torch.tensor(hw, dtype=torch.float32))
         qw = weights.quality_weights or default_quality_weights(num_qualities)
         if len(qw) != num_qualities:
@@ -143,7 +149,7 @@ class SemanticLoss(nn.Module):
         bpp = bits_per_pixel(out["likelihoods"], x.shape[-2] * x.shape[-1])
         rate = bpp
         q = torch.as_tensor(quality, device=x.device).expand(b)
-        if self.hyper_rate_weight != 1.0:
+        if self.charges_hyper_latent:
             z_bpp = bits_per_pixel({"z": out["likelihoods"]["z"]}, x.shape[-2] * x.shape[-1])
             rate = bpp + (self.hyper_rate_weights[q] - 1.0) * z_bpp
         mse = (out["x_hat"] - x).pow(2).flatten(1).mean(1)

@@ -39,7 +39,7 @@ import torch
 from fedcodec.codec import SemanticCodec
 from fedcodec.device import resolve_device  # noqa: F401  (re-exported: pretrain.resolve_device)
 from fedcodec.errors import DataError, ModelFileError
-from fedcodec.losses import LabelMapDiscriminator, LossWeights, SemanticLoss
+from fedcodec.losses import LabelMapDiscriminator, LossWeights, SemanticLoss, hyper_rate_weights
 from fedcodec.model_io import check_new_output, save_codec, save_task, write_json
 from fedcodec.task_net import freeze, load_task_network, train_task_network
 
@@ -352,11 +352,10 @@ def pretrain(config: PretrainConfig | None, out_dir: str | Path, task_net: torch
         config.device = device
     if bf16 is not None:
         config.bf16 = bf16
-    hw = config.hyper_rate_weight
-    if isinstance(hw, (list, tuple)) and len(hw) != config.num_qualities:
-        # checked before anything is written (the loss checks it again, but only after the segmenters trained)
-        raise DataError(f"hyper_rate_weight needs one weight or {config.num_qualities} (one per quality), got "
-                        f"{len(hw)}: {list(hw)}")
+    try:   # before anything is written: the loss would refuse it only after the segmenters trained
+        hyper_rate_weights(config.hyper_rate_weight, config.num_qualities)
+    except ValueError as e:
+        raise DataError(str(e)) from None
     codec_path = out_dir / "codec.pt"
     if not resume:
         check_new_output(codec_path, overwrite)
