@@ -132,38 +132,19 @@ def test_new_bitstreams_are_version_2():
     assert header.portable
 
 
-def test_cli_decodes_a_stream_of_the_previous_default_without_model(tmp_path, threads):
-    """`fedcodec decode` without --model picks the earlier embedded default whose id the stream carries; the
-    current default refuses the stream by name (it was made by another model)."""
-    threads(2)
-    from pathlib import Path
-
-    from PIL import Image
-
-    from fedcodec.cli import main
-    from fedcodec.errors import ModelMismatchError
-    from fedcodec.model_io import load_codec
-
-    src = Path(__file__).parent / "data" / "bitstreams_v1" / "h0_q0.fcd"
-    assert main(["decode", str(src), str(tmp_path / "out.png")]) == 0
-    old = np.asarray(Image.open(src.with_suffix(".png")))
-    assert np.mean(np.asarray(Image.open(tmp_path / "out.png")) == old) > 0.99
-    with pytest.raises(ModelMismatchError, match="made by model d3afa89ddaaa"):
-        decode_image(load_codec(), src.read_bytes())
-
-
 #: Streams of earlier embedded defaults kept as fixtures: (folder under tests/data, model id). Each was written
 #: by that default (phantom seed 3, 256x256) before it was replaced; the PNG beside it is its decoder's output.
-PREVIOUS_DEFAULT_STREAMS = [("bitstreams_lean", "0622d19abf87"),    # the lean default, replaced 2026-11-27
+PREVIOUS_DEFAULT_STREAMS = [("bitstreams_v1", "d3afa89ddaaa"),      # the v1 default of 2026-11-23
+                            ("bitstreams_lean", "0622d19abf87"),    # the lean default, replaced 2026-11-27
                             ("bitstreams_range", "f261d906945a")]   # lean + range rounds, replaced 2026-11-28
 
 
 @pytest.mark.parametrize("folder,model", PREVIOUS_DEFAULT_STREAMS)
 @pytest.mark.parametrize("name", ["h0_q0", "h1_q7"])
-def test_cli_decodes_a_stream_of_an_earlier_lean_default_without_model(tmp_path, threads, folder, model, name):
-    """Streams of earlier lean defaults decode without --model through the copies kept in
-    fedcodec/assets/default-DATE (model_io.PREVIOUS_DEFAULT_CODECS), to within one grey level of what their
-    own decoder wrote; the current default refuses them by name."""
+def test_cli_decodes_a_stream_of_an_earlier_default_without_model(tmp_path, threads, folder, model, name):
+    """`fedcodec decode` without --model picks the earlier embedded default whose id the stream carries (the
+    copies kept in fedcodec/assets/default-DATE, model_io.PREVIOUS_DEFAULT_CODECS) and decodes to within one
+    grey level of what its own decoder wrote; the current default refuses the stream by name."""
     threads(2)
     from pathlib import Path
 
