@@ -284,9 +284,14 @@ def compare_markdown(results: dict, others: list[dict]) -> list[str]:
     runs = [results, *others]
     selections = ", ".join(f"`{r['label']}` {r.get('select', 'holdout')}" for r in runs
                            if r.get("select", "holdout") != "holdout")
+    # Runs before the compact header (container version 3) counted 6 more bytes per file (22 instead of 16).
+    containers = ", ".join(f"`{r['label']}` {r.get('container_version', 2)}" for r in runs
+                           if r.get("container_version", 2) != results.get("container_version", 2))
     lines = ["", "The same protocol (sets, images, segmenters, anchors) for other codecs: BD-rate of Dice vs x265 "
              "(top-quality Dice). The K=1 and K=8 rows used the selection of each codec's own run: `holdout` "
-             f"(one fold) unless named here: {selections or 'none'}.", "",
+             f"(one fold) unless named here: {selections or 'none'}. Container version of each run "
+             f"{results.get('container_version', 2)} unless named here (versions 1-2: a 22-byte header, 3: 16 "
+             f"bytes; rates include it): {containers or 'none'}.", "",
              "| set | codec | " + " | ".join(f"`{r['label']}`" for r in runs) + " |",
              "|---|---|" + "---|" * len(runs)]
     for r in results["sets"]:
@@ -388,6 +393,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     from rate_task import _git_commit, command_line, update_section
 
+    from fedcodec.bitstream import FORMAT_VERSION
     from fedcodec.model_io import load_codec
 
     out = Path(args.out)
@@ -396,6 +402,7 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     results = {"label": args.label or (Path(args.model).name if args.model else "embedded default"),
                "model_id": codec.identity_hash()[:12], "config": codec.config, "select": args.select,
+               "container_version": FORMAT_VERSION,
                "date": time.strftime("%Y-%m-%d"), "commit": _git_commit(), "command": command_line(),
                "segmenter": f"{args.segmenter_arch} {args.segmenter_features} seed {args.segmenter_seed}, "
                             f"{args.segmenter_steps} steps",

@@ -23,7 +23,7 @@ import torch
 
 from fedcodec.bitstream import Header, unpack
 from fedcodec.codec import SemanticCodec
-from fedcodec.coding import decode_image, model_id
+from fedcodec.coding import decode_image, full_model_id
 from fedcodec.errors import BitstreamError, DataError
 
 #: Pixels per latent position along each axis (g_a downsamples by 16).
@@ -109,7 +109,7 @@ def bit_allocation(codec: SemanticCodec, data: bytes) -> BitAllocation:
     Raises :class:`BitstreamError` / :class:`ModelMismatchError` like :func:`fedcodec.coding.decode_image`.
     """
     image, header = decode_image(codec, data)       # validates the container, the model id and the payload
-    _, z_string, y_string = unpack(data, expected_model_id=model_id(codec))
+    _, z_string, y_string = unpack(data, expected_model_id=full_model_id(codec))
     m = codec.multiple
     shape = (-(-header.height // m), -(-header.width // m))
     q = torch.tensor([header.quality])

@@ -1,31 +1,35 @@
 """The fedcodec bitstream container: a small header around CompressAI's entropy-coded strings.
 
-Layout (little-endian; ``varint`` = unsigned LEB128):
+Layout of format version 3, the one written (little-endian; ``varint`` = unsigned LEB128):
 
 | field | size | meaning |
 | --- | --- | --- |
-| magic | 3 | ``b"FCd"`` |
-| format version | 1 | :data:`FORMAT_VERSION` (2; version 1 streams are still read, see below) |
-| model id | 6 | first 6 bytes of the codec's identity hash (all parameter groups) |
-| flags | 1 | bit 0: 16-bit image; bit 1: explicit window follows; bit 2: tiled |
-| height, width | varint each | original image size (before padding) |
+| magic | 2 | ``b"Fc"`` |
+| format version | 1 | :data:`FORMAT_VERSION` (3) |
+| model id | 4 | first 4 bytes of the codec's identity hash (all parameter groups) |
+| flags, quality | 1 | low nibble: bit 0 16-bit image, bit 1 explicit window follows, bit 2 tiled, bit 3 sides as varints; high nibble: quality index (0-15) |
+| height, width | 3, or varint each | ``height - 1`` and ``width - 1`` as two 12-bit numbers (low 12 bits first) when both sides are at most 4096; else (flag bit 3) two varints |
 | window | 0 or 8 | ``float32 lo, hi`` when flag bit 1 is set (else 0..255 or 0..65535) |
-| quality | 1 | quality index |
-| side info | varint + bytes | reserved for side information; empty for the current codec (the policy map is rebuilt from the hyper-latent) |
 | z length | varint | length of the hyper-latent string |
 | z string, y string | rest | the y string runs up to the checksum |
 | checksum | 4 | CRC-32 of everything before it |
 
 A tiled container (flag bit 2, written for images larger than one tile so that encoding and decoding need
-memory for one tile only) has, after the side info, a varint tile size ``T`` (a multiple of 64) and then, for
+memory for one tile only) has, after the window, a varint tile size ``T`` (a multiple of 64) and then, for
 each ``T x T`` tile in row-major order (the last row and column may be smaller), ``varint z length, z string,
 varint y length, y string``, and then the checksum (nothing may follow the last tile).
 
-Version 2 (the current one) means the entropy coder's tables were chosen from float64 decoder-side values
-(portable between thread counts, batches and devices; :meth:`fedcodec.codec.SemanticCodec.gains`); version 1
-streams, written by fedcodec before, chose them in float32 and are decoded the same way they were written.
+A 256x256 8-bit image costs 16 header bytes (0.0020 bpp); bpp is always counted on the whole container.
+Why so few: at the lowest quality a whole 256x256 file is 90-130 bytes, so every header byte is about 1 % of
+it. Version 3 is version 2's content in 6 fewer bytes: a 2-byte magic, a 4-byte model id (it tells models
+apart, it is not a security check: one accidental match in 4 billion), the quality in the flags byte, both
+sides in 3 bytes, and no reserved side-information field (it was always empty).
 
-A 256x256 8-bit image costs 22 header bytes (0.0027 bpp); bpp is always counted on the whole container.
+Earlier versions are still read (they start ``b"FCd"``, then the version byte): version 2 has a 6-byte model
+id, separate flags and quality bytes, varint sides and a varint-prefixed side-information field after the
+quality; version 1 is laid out as version 2 but its entropy coder's tables were chosen in float32 (decoded
+the same way they were written); from version 2 on they are chosen from float64 decoder-side values
+(portable between thread counts, batches and devices; :meth:`fedcodec.codec.SemanticCodec.gains`).
 
 Decoding checks the image size in the header against :class:`DecodeLimits` before anything is allocated
 (a forged 100000x100000 header fails in microseconds), and every length field against the bytes present.
@@ -42,15 +46,21 @@ from dataclasses import dataclass, field
 from fedcodec.data.windowing import default_window
 from fedcodec.errors import BitstreamError, ModelMismatchError
 
-MAGIC = b"FCd"
-FORMAT_VERSION = 2
-#: Versions this fedcodec decodes: 1 (float32 table selection, before portable coding) and 2.
-READ_VERSIONS = (1, 2)
-MODEL_ID_BYTES = 6
+MAGIC = b"Fc"
+FORMAT_VERSION = 3
+#: Magic of versions 1 and 2 (``b"FCd"`` and then the version byte).
+LEGACY_MAGIC = b"FCd"
+#: Versions this fedcodec decodes: 1 (float32 table selection, before portable coding), 2 and 3 (compact header).
+READ_VERSIONS = (1, 2, 3)
+MODEL_ID_BYTES = 4
+LEGACY_MODEL_ID_BYTES = 6
 _FLAG_16BIT = 1
 _FLAG_WINDOW = 2
 _FLAG_TILED = 4
+_FLAG_VARINT_SIZE = 8  # version 3 only
 _KNOWN_FLAGS = _FLAG_16BIT | _FLAG_WINDOW | _FLAG_TILED
+#: Largest quality index (version 3 keeps it in four bits) and largest side written in the 3-byte size field.
+MAX_QUALITY, PACKED_SIDE = 15, 4096
 #: Tile sizes a container may declare (multiples of the codec's padding multiple, 64).
 TILE_MULTIPLE, MIN_TILE, MAX_TILE = 64, 64, 4096
 
@@ -100,7 +110,7 @@ class Header:
     bit_depth: int
     window: tuple[float, float]
     quality: int
-    side_info: bytes = b""
+    side_info: bytes = b""  # versions 1-2 only (a reserved field, always empty); version 3 has none
     tile: int = 0       # 0 = one untiled image, else the tile side (tiles coded independently)
     version: int = FORMAT_VERSION  # container version read (writing always uses FORMAT_VERSION)
 
@@ -182,25 +192,39 @@ def _pack(header: Header, tiles: list[tuple[bytes, bytes]]) -> bytes:
         raise ValueError(f"model id must be {MODEL_ID_BYTES} bytes")
     if header.bit_depth not in (8, 16):
         raise ValueError(f"bit depth must be 8 or 16, got {header.bit_depth}")
-    if not 0 <= header.quality < 256:
-        raise ValueError(f"quality {header.quality} does not fit in a byte")
+    if not 0 <= header.quality <= MAX_QUALITY:
+        raise ValueError(f"quality {header.quality} does not fit the container (0..{MAX_QUALITY})")
+    if header.side_info:
+        raise ValueError(f"format version {FORMAT_VERSION} has no side-information field")
+    if header.height < 1 or header.width < 1:
+        raise ValueError(f"image size must be positive, got {header.width}x{header.height}")
     explicit_window = tuple(header.window) != default_window(header.bit_depth)
+    packed_size = header.height <= PACKED_SIDE and header.width <= PACKED_SIDE
     flags = ((_FLAG_16BIT if header.bit_depth == 16 else 0) | (_FLAG_WINDOW if explicit_window else 0)
-             | (_FLAG_TILED if header.tile else 0))
-    parts = [MAGIC, bytes([FORMAT_VERSION]), header.model_id, bytes([flags]),
-             _varint(header.height), _varint(header.width)]
+             | (_FLAG_TILED if header.tile else 0) | (0 if packed_size else _FLAG_VARINT_SIZE))
+    parts = [MAGIC, bytes([FORMAT_VERSION]), header.model_id, bytes([flags | header.quality << 4])]
+    if packed_size:
+        parts.append(((header.height - 1) | (header.width - 1) << 12).to_bytes(3, "little"))
+    else:
+        parts += [_varint(header.height), _varint(header.width)]
     if explicit_window:
         parts.append(struct.pack("<ff", *header.window))
-    parts += [bytes([header.quality]), _varint(len(header.side_info)), header.side_info]
     if header.tile:
         parts.append(_varint(header.tile))
-        for i, (z_string, y_string) in enumerate(tiles):
+        for z_string, y_string in tiles:
             parts += [_varint(len(z_string)), z_string, _varint(len(y_string)), y_string]
     else:
         z_string, y_string = tiles[0]
         parts += [_varint(len(z_string)), z_string, y_string]
     body = b"".join(parts)
     return body + struct.pack("<I", zlib.crc32(body))
+
+
+def _same_model(stream_id: bytes, expected: bytes) -> bool:
+    """Whether a header's model id (4 bytes, or 6 in versions 1-2) names the model ``expected`` (any prefix of
+    its identity hash of at least 4 bytes, e.g. the full hash): compared on the shorter of the two."""
+    n = min(len(stream_id), len(expected))
+    return n >= MODEL_ID_BYTES and stream_id[:n] == expected[:n]
 
 
 def unpack(data: bytes, expected_model_id: bytes | None = None,
@@ -230,24 +254,38 @@ def unpack_tiles(data: bytes, expected_model_id: bytes | None = None,
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise BitstreamError(f"expected bytes, got {type(data).__name__}")
     data = bytes(data)
-    if len(data) < len(MAGIC) or data[:len(MAGIC)] != MAGIC:
+    if data[:len(LEGACY_MAGIC)] == LEGACY_MAGIC:
+        version_at = len(LEGACY_MAGIC)
+    elif data[:len(MAGIC)] == MAGIC:
+        version_at = len(MAGIC)
+    else:
         raise BitstreamError("not a fedcodec bitstream (bad magic bytes)")
-    if len(data) < len(MAGIC) + 1 + 4:
+    if len(data) < version_at + 1 + 4:
         raise BitstreamError("bitstream is truncated (shorter than the smallest header)")
-    version = data[len(MAGIC)]
-    if version not in READ_VERSIONS:
+    version = data[version_at]
+    # Each magic goes with its own versions: a legacy magic with version 3 (or the reverse) is no stream we wrote.
+    if version not in READ_VERSIONS or (version >= 3) != (version_at == len(MAGIC)):
         raise BitstreamError(f"unsupported bitstream format version {version} "
                              f"(this fedcodec reads versions {', '.join(map(str, READ_VERSIONS))})")
     body, (crc,) = data[:-4], struct.unpack("<I", data[-4:])
     if zlib.crc32(body) != crc:
         raise BitstreamError("bitstream is corrupt or truncated (checksum mismatch)")
     reader = _Reader(body, len(body))
-    reader.take(len(MAGIC) + 1, "magic")
-    model_id = reader.take(MODEL_ID_BYTES, "model id")
+    reader.take(version_at + 1, "magic")
+    legacy = version < 3
+    model_id = reader.take(LEGACY_MODEL_ID_BYTES if legacy else MODEL_ID_BYTES, "model id")
     flags = reader.take(1, "flags")[0]
-    if flags & ~_KNOWN_FLAGS:
+    known = _KNOWN_FLAGS
+    if not legacy:
+        flags, quality = flags & 0x0F, flags >> 4
+        known |= _FLAG_VARINT_SIZE
+    if flags & ~known:
         raise BitstreamError(f"bitstream is corrupt (unknown header flags 0x{flags:02x})")
-    height, width = reader.varint("height"), reader.varint("width")
+    if legacy or flags & _FLAG_VARINT_SIZE:
+        height, width = reader.varint("height"), reader.varint("width")
+    else:
+        sides = int.from_bytes(reader.take(3, "image size"), "little")
+        height, width = (sides & 0xFFF) + 1, (sides >> 12) + 1
     if height == 0 or width == 0:
         raise BitstreamError(f"bitstream is corrupt (image size {width}x{height})")
     tiled = bool(flags & _FLAG_TILED)
@@ -258,8 +296,10 @@ def unpack_tiles(data: bytes, expected_model_id: bytes | None = None,
     lo, hi = float(window[0]), float(window[1])
     if not (math.isfinite(lo) and math.isfinite(hi) and hi > lo):
         raise BitstreamError(f"bitstream is corrupt (intensity window {lo}..{hi})")
-    quality = reader.take(1, "quality")[0]
-    side_info = reader.take(reader.varint("side info length"), "side info")
+    side_info = b""
+    if legacy:
+        quality = reader.take(1, "quality")[0]
+        side_info = reader.take(reader.varint("side info length"), "side info")
     tile = 0
     tiles: list[tuple[bytes, bytes]] = []
     if tiled:
@@ -286,7 +326,7 @@ def unpack_tiles(data: bytes, expected_model_id: bytes | None = None,
         if not z_string or not y_string:
             raise BitstreamError("bitstream is corrupt (empty entropy-coded string)")
         tiles.append((z_string, y_string))
-    if expected_model_id is not None and model_id != expected_model_id:
+    if expected_model_id is not None and not _same_model(model_id, bytes(expected_model_id)):
         raise ModelMismatchError(f"bitstream was made by model {model_id.hex()}, but the given model is "
-                                 f"{expected_model_id.hex()}; decode it with the model that encoded it")
+                                 f"{bytes(expected_model_id).hex()}; decode it with the model that encoded it")
     return header, tiles

@@ -35,6 +35,11 @@ def model_id(codec: SemanticCodec) -> bytes:
     return bytes.fromhex(codec.identity_hash())[:MODEL_ID_BYTES]
 
 
+def full_model_id(codec: SemanticCodec) -> bytes:
+    """The codec's whole identity hash: what a header's id (4 bytes, 6 in versions 1-2) is compared with."""
+    return bytes.fromhex(codec.identity_hash())
+
+
 def _check_image(image: np.ndarray) -> int:
     if not isinstance(image, np.ndarray):
         raise DataError(f"expected a numpy image, got {type(image).__name__}")
@@ -146,7 +151,7 @@ def decode_image(codec: SemanticCodec, data: bytes, task_ready: bool = False,
 
     Raises :class:`BitstreamError` (or :class:`ModelMismatchError`) for a bitstream this codec cannot decode.
     """
-    header, tiles = unpack_tiles(data, expected_model_id=model_id(codec), limits=limits)
+    header, tiles = unpack_tiles(data, expected_model_id=full_model_id(codec), limits=limits)
     if header.quality >= codec.num_qualities:
         raise BitstreamError(f"bitstream quality {header.quality} is outside this codec's "
                              f"{codec.num_qualities} qualities")

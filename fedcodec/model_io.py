@@ -210,8 +210,12 @@ def load_codec(path: str | Path | None = None, device: str | torch.device = "cpu
 
 def embedded_codec_for(model_id: bytes) -> Path | None:
     """The codec file of an earlier embedded default that wrote a bitstream with ``model_id`` (its header's
-    short id), or None (then the current default applies, and a mismatch is reported as usual)."""
-    return PREVIOUS_DEFAULT_CODECS.get(model_id.hex())
+    short id: 4 bytes, or 6 in container versions 1-2), or None (then the current default applies, and a mismatch
+    is reported as usual). Keys are the first 6 bytes of each codec's identity hash, so a short id is a prefix."""
+    wanted = model_id.hex()
+    if len(model_id) < 4:
+        return None
+    return next((path for key, path in PREVIOUS_DEFAULT_CODECS.items() if key.startswith(wanted)), None)
 
 
 def load_task(path: str | Path | None = None, device: str | torch.device = "cpu") -> nn.Module:

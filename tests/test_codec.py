@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import struct
+import zlib
+
 import numpy as np
 import pytest
 import torch
 
 from conftest import assert_decoded_is_forward_output, make_tiny_codec
-from fedcodec.bitstream import Header, pack, unpack
+from fedcodec.bitstream import DecodeLimits, Header, pack, unpack
 from fedcodec.codec import SemanticCodec, group_of, pad_to_multiple
 from fedcodec.coding import decode_image, encode_image, model_id
 from fedcodec.data import make_phantoms
@@ -199,7 +202,7 @@ def test_input_checks(codec):
 
 # ------------------------------------------------------------------ container
 def _header(**kw):
-    base = dict(model_id=b"abcdef", height=300, width=200, bit_depth=8, window=(0.0, 255.0), quality=3)
+    base = dict(model_id=b"abcd", height=300, width=200, bit_depth=8, window=(0.0, 255.0), quality=3)
     return Header(**{**base, **kw})
 
 
@@ -207,9 +210,32 @@ def test_container_round_trip_and_size():
     data = pack(_header(), b"zz", b"yyyy")
     header, z, y = unpack(data)
     assert (z, y) == (b"zz", b"yyyy") and header == _header()
-    assert len(data) - 6 <= 22  # header + checksum overhead for an 8-bit image
+    assert len(data) - 6 == 16  # header + checksum of an 8-bit image with sides up to 4096 (format version 3)
     h16 = _header(bit_depth=16, window=(-1024.0, 3071.0))
     assert unpack(pack(h16, b"z", b"y"))[0] == h16
+
+
+@pytest.mark.parametrize("height,width", [(1, 1), (4096, 4096), (4096, 1), (4097, 16), (16, 5000), (70000, 3)])
+def test_container_sides_and_qualities(height, width):
+    """Sides up to 4096 go in the 3-byte field, longer ones in varints; every quality 0-15 survives."""
+    for quality in (0, 7, 15):
+        h = _header(height=height, width=width, quality=quality)
+        back = unpack(pack(h, b"z", b"y"), limits=DecodeLimits(max_side=1 << 20, max_pixels=1 << 40,
+                                                                max_untiled_pixels=1 << 40))[0]
+        assert back == h
+    data = pack(_header(height=height, width=width), b"z", b"y")
+    assert bool(data[7] & 0x08) == (max(height, width) > 4096)   # the varint-sides flag
+    if max(height, width) <= 4096:
+        assert len(data) == 2 + 16
+
+
+def test_container_refuses_what_it_cannot_hold():
+    with pytest.raises(ValueError, match="quality 16"):
+        pack(_header(quality=16), b"z", b"y")
+    with pytest.raises(ValueError, match="side-information"):
+        pack(_header(side_info=b"x"), b"z", b"y")
+    with pytest.raises(ValueError, match="model id"):
+        pack(_header(model_id=b"abcdef"), b"z", b"y")   # a version-2 length
 
 
 def test_container_errors():
@@ -225,11 +251,19 @@ def test_container_errors():
     with pytest.raises(BitstreamError, match="checksum"):
         unpack(bytes(corrupt))
     version = bytearray(data)
-    version[3] = 9
+    version[2] = 9
     with pytest.raises(BitstreamError, match="version 9"):
         unpack(bytes(version))
+    # a version-3 body behind the version-1/2 magic (or the reverse) is no stream fedcodec wrote
+    with pytest.raises(BitstreamError, match="version 3"):
+        unpack(b"FCd" + data[2:])
+    flags = bytearray(data[:-4])
+    flags[7] |= 0x08   # claims varint sides where 3 packed bytes follow (checksum recomputed): fields overrun
+    with pytest.raises(BitstreamError, match="truncated"):
+        unpack(bytes(flags) + struct.pack("<I", zlib.crc32(flags)))
     with pytest.raises(ModelMismatchError, match="model"):
         unpack(data, expected_model_id=b"zzzzzz")
+    assert unpack(data, expected_model_id=b"abcd" + bytes(28))[0].model_id == b"abcd"  # compared on 4 bytes
 
 
 def test_bitstream_from_another_model(codec, phantom):

@@ -53,23 +53,30 @@ def test_huge_header_fails_before_any_allocation(codec):
     assert time.perf_counter() - t0 < 0.5
     # one flipped bit in the height varint (the 2,146,504-row header)
     with pytest.raises(BitstreamError, match="largest side"):
-        unpack(pack(Header(b"abcdef", 2146504, 64, 8, (0.0, 255.0), 0), b"z", b"y"))
+        unpack(pack(Header(b"abcd", 2146504, 64, 8, (0.0, 255.0), 0), b"z", b"y"))
     # untiled images are limited more tightly than tiled ones (an untiled decode holds the whole image)
     with pytest.raises(BitstreamError, match="untiled"):
-        unpack(pack(Header(b"abcdef", 4096, 4096, 16, (0.0, 65535.0), 0), b"z", b"y"))
+        unpack(pack(Header(b"abcd", 4096, 4096, 16, (0.0, 65535.0), 0), b"z", b"y"))
     # the limit is configurable
     small = DecodeLimits(max_side=100, max_pixels=5000, max_untiled_pixels=5000)
     with pytest.raises(BitstreamError, match="5,000"):
-        unpack(pack(Header(b"abcdef", 99, 99, 8, (0.0, 255.0), 0), b"z", b"y"), limits=small)
+        unpack(pack(Header(b"abcd", 99, 99, 8, (0.0, 255.0), 0), b"z", b"y"), limits=small)
 
 
 def test_header_fields_are_validated(codec):
-    good = pack(Header(b"abcdef", 64, 64, 8, (0.0, 255.0), 0), b"zz", b"yy")
-    flags = bytearray(good[:-4])
-    flags[10] |= 0x80
+    good = pack(Header(b"abcd", 64, 64, 8, (0.0, 255.0), 0), b"zz", b"yy")
+    # version 3 keeps the quality in the flags byte's high nibble: 15 is a valid container, not a valid codec
+    quality = bytearray(good[:-4])
+    quality[7] |= 0xF0
+    assert unpack(recrc(bytes(quality)))[0].quality == 15
+    with pytest.raises(BitstreamError, match="quality 15 is outside"):
+        decode_image(codec, recrc(bytes(quality[:3]) + model_id(codec) + bytes(quality[7:])))
+    # a version-2 header (6-byte id, its own flags byte) with an unknown flag
+    legacy = b"FCd\x02" + b"abcdef" + bytes([0x80]) + bytes([64, 64, 0, 0, 2]) + b"zzyy"
     with pytest.raises(BitstreamError, match="flags"):
-        unpack(recrc(bytes(flags)))
-    nan_window = pack(Header(b"abcdef", 64, 64, 16, (float("nan"), 1.0), 0), b"zz", b"yy")
+        unpack(recrc(legacy))
+    assert unpack(recrc(legacy[:10] + b"\x00" + legacy[11:]))[0].version == 2
+    nan_window = pack(Header(b"abcd", 64, 64, 16, (float("nan"), 1.0), 0), b"zz", b"yy")
     with pytest.raises(BitstreamError, match="window"):
         unpack(nan_window)
     z_too_long = bytearray(good[:-4])

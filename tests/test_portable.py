@@ -121,15 +121,19 @@ def test_version1_bitstreams_still_decode(threads, name):
     assert np.mean(image == old) > 0.99
 
 
-def test_new_bitstreams_are_version_2():
+def test_new_bitstreams_are_version_3():
+    """New streams: the compact header (version 3), portable tables, 16 header bytes at 256x256."""
+    from fedcodec.allocation import bit_allocation
     from fedcodec.model_io import load_codec
 
     codec = load_codec()
     s = make_phantoms(1, seed=3, hospital=1)[0]
     data = encode_image(codec, s.image, 7).data
-    assert data[3] == 2
+    assert data[:3] == b"Fc\x03"
     _, header = decode_image(codec, data)
-    assert header.portable
+    assert header.portable and header.version == 3
+    alloc = bit_allocation(codec, data)
+    assert alloc.total_bytes - alloc.y_bytes - alloc.z_bytes == 16
 
 
 #: Streams of earlier embedded defaults kept as fixtures: (folder under tests/data, model id). Each was written
@@ -162,3 +166,29 @@ def test_cli_decodes_a_stream_of_an_earlier_default_without_model(tmp_path, thre
     assert np.mean(new == old) > 0.99
     with pytest.raises(ModelMismatchError, match=f"made by model {model}"):
         decode_image(load_codec(), src.read_bytes())
+
+
+@pytest.mark.parametrize("name,quality", [("h1_q0", 0), ("h1_q5", 5)])
+def test_version2_streams_of_the_current_default_still_decode(tmp_path, threads, name, quality):
+    """Streams the current default wrote in container version 2 (before the compact header; phantom seed 3 of
+    hospital 1, 2 torch threads) decode to what that decoder wrote, through `fedcodec decode` without --model;
+    and the same image coded now is the same entropy-coded strings under a header 6 bytes shorter."""
+    threads(2)
+    from pathlib import Path
+
+    from PIL import Image
+
+    from fedcodec.bitstream import unpack
+    from fedcodec.cli import main
+    from fedcodec.model_io import load_codec
+
+    src = Path(__file__).parent / "data" / "bitstreams_v2" / f"{name}.fcd"
+    old_data = src.read_bytes()
+    assert old_data[:4] == b"FCd\x02"
+    assert main(["decode", str(src), str(tmp_path / "out.png")]) == 0
+    old = np.asarray(Image.open(src.with_suffix(".png")))
+    new = np.asarray(Image.open(tmp_path / "out.png"))
+    assert new.shape == old.shape and np.abs(new.astype(int) - old.astype(int)).max() <= 1
+    assert np.mean(new == old) > 0.99
+    now = encode_image(load_codec(), make_phantoms(1, seed=3, hospital=1)[0].image, quality).data
+    assert unpack(now)[1:] == unpack(old_data)[1:] and len(now) == len(old_data) - 6
