@@ -16,6 +16,7 @@ the share of the area it covers.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -39,7 +40,9 @@ class BitAllocation:
         bits: ``(ceil(H/16), ceil(W/16))`` float, bits spent on the latent ``y`` at each position.
         policy_gain: same shape, the policy head's spatial gain (positive; 1 = neutral).
         image: ``(H, W)`` the decoded image, in the stored bit depth.
-        y_bytes, z_bytes, total_bytes: sizes of the latent string, the hyper-latent string and the whole file.
+        y_bytes, z_bytes, total_bytes: sizes of the latent string, the hyper-latent string and the whole file;
+            for a version-3 stream (one rANS stream for both) ``z_bytes`` is the hyper-latent's code length in
+            that stream (:func:`stream_code_length`) and ``y_bytes`` the rest of the stream.
     """
 
     header: Header
@@ -109,12 +112,12 @@ def bit_allocation(codec: SemanticCodec, data: bytes) -> BitAllocation:
     Raises :class:`BitstreamError` / :class:`ModelMismatchError` like :func:`fedcodec.coding.decode_image`.
     """
     image, header = decode_image(codec, data)       # validates the container, the model id and the payload
-    _, z_string, y_string = unpack(data, expected_model_id=full_model_id(codec))
+    _, strings = unpack(data, expected_model_id=full_model_id(codec))
     m = codec.multiple
     shape = (-(-header.height // m), -(-header.width // m))
     q = torch.tensor([header.quality])
     try:
-        lat = codec.decode_latents([[y_string], [z_string]], shape, q, header.portable)
+        lat = codec.decode_latents([[s] for s in strings], shape, q, header.portable)
     except Exception as exc:  # already decoded once above, so this is not expected; keep the error clear
         raise BitstreamError(f"bitstream payload is corrupt ({type(exc).__name__}: {exc})") from exc
     # The likelihood the coder's tables approximate: GaussianConditional at the coded scale, symbols as coded.
@@ -122,9 +125,38 @@ def bit_allocation(codec: SemanticCodec, data: bytes) -> BitAllocation:
     bits = (-torch.log2(likelihood)).sum(dim=1)[0]
     policy = codec.policy(lat["means"].float(), lat["scales"].float(), q)[0, 0]
     gh, gw = -(-header.height // LATENT_STRIDE), -(-header.width // LATENT_STRIDE)
+    if len(strings) == 2:   # versions 1-2: a string each
+        y_bytes, z_bytes = len(strings[0]), len(strings[1])
+    else:                   # one stream: the hyper-latent's part is its code length in the coder's own tables
+        z_bytes = min(len(strings[0]), round(stream_code_length(codec.entropy_bottleneck, lat["z_symbols"]) / 8))
+        y_bytes = len(strings[0]) - z_bytes
     return BitAllocation(header=header, bits=bits[:gh, :gw].double().numpy(),
                          policy_gain=policy[:gh, :gw].double().numpy(), image=image,
-                         y_bytes=len(y_string), z_bytes=len(z_string), total_bytes=len(data))
+                         y_bytes=y_bytes, z_bytes=z_bytes, total_bytes=len(data))
+
+
+def stream_code_length(model, symbols: torch.Tensor) -> float:
+    """Bits rANS spends on the hyper-latent ``symbols`` ``(1, N, h, w)`` (integers, as coded) with the factorized
+    prior's quantised tables: ``-log2`` of each symbol's table frequency over 2**16 (an escaped value: the
+    escape symbol and its bypass nibbles). Within a stream of several parts this is the part's share; the
+    coder's 8-byte flush and word padding count with the latent. Tested against the part coded alone."""
+    from fedcodec.codec import coder_tables
+
+    cdfs, lengths, offsets = coder_tables(model)
+    precision = 16
+    total = 0.0
+    values = symbols.reshape(symbols.shape[1], -1).round().long()
+    for c in range(values.shape[0]):
+        cdf, size = cdfs[c], lengths[c] - 2          # the last row entry is the escape symbol
+        for v in (values[c] - offsets[c]).tolist():
+            if 0 <= v < size:
+                total += precision - math.log2(cdf[v + 1] - cdf[v])
+                continue
+            total += precision - math.log2(cdf[size + 1] - cdf[size])
+            raw = -2 * v - 1 if v < 0 else 2 * (v - size)
+            nibbles = -(-raw.bit_length() // 4)
+            total += 4 * (nibbles + nibbles // 15 + 1)
+    return total
 
 
 def plot_allocation(alloc: BitAllocation, path, mask: np.ndarray | None = None, title: str = "") -> None:

@@ -10,24 +10,26 @@ Layout of format version 3, the one written (little-endian; ``varint`` = unsigne
 | flags, quality | 1 | low nibble: bit 0 16-bit image, bit 1 explicit window follows, bit 2 tiled, bit 3 sides as varints; high nibble: quality index (0-15) |
 | height, width | 3, or varint each | ``height - 1`` and ``width - 1`` as two 12-bit numbers (low 12 bits first) when both sides are at most 4096; else (flag bit 3) two varints |
 | window | 0 or 8 | ``float32 lo, hi`` when flag bit 1 is set (else 0..255 or 0..65535) |
-| z length | varint | length of the hyper-latent string |
-| z string, y string | rest | the y string runs up to the checksum |
+| stream | rest | one rANS stream: the hyper-latent's symbols, then the latent's (:meth:`fedcodec.codec.SemanticCodec.compress`), up to the checksum |
 | checksum | 4 | CRC-32 of everything before it |
 
 A tiled container (flag bit 2, written for images larger than one tile so that encoding and decoding need
 memory for one tile only) has, after the window, a varint tile size ``T`` (a multiple of 64) and then, for
-each ``T x T`` tile in row-major order (the last row and column may be smaller), ``varint z length, z string,
-varint y length, y string``, and then the checksum (nothing may follow the last tile).
+each ``T x T`` tile in row-major order (the last row and column may be smaller), ``varint length, stream``,
+and then the checksum (nothing may follow the last tile).
 
-A 256x256 8-bit image costs 16 header bytes (0.0020 bpp); bpp is always counted on the whole container.
-Why so few: at the lowest quality a whole 256x256 file is 90-130 bytes, so every header byte is about 1 % of
-it. Version 3 is version 2's content in 6 fewer bytes: a 2-byte magic, a 4-byte model id (it tells models
-apart, it is not a security check: one accidental match in 4 billion), the quality in the flags byte, both
-sides in 3 bytes, and no reserved side-information field (it was always empty).
+A 256x256 8-bit image costs 15 container bytes (0.0018 bpp); bpp is always counted on the whole container.
+Why so few: at the lowest quality a whole 256x256 file is 80-125 bytes, so every byte is about 1 % of it.
+Version 3 carries version 2's content in 7 fewer container bytes (a 2-byte magic, a 4-byte model id: it tells
+models apart, it is not a security check, one accidental match in 4 billion; the quality in the flags byte;
+both sides in 3 bytes; no reserved side-information field, which was always empty; no length field between
+two strings) and one entropy-coded stream instead of two (one coder flush instead of two: about 6 bytes).
 
 Earlier versions are still read (they start ``b"FCd"``, then the version byte): version 2 has a 6-byte model
-id, separate flags and quality bytes, varint sides and a varint-prefixed side-information field after the
-quality; version 1 is laid out as version 2 but its entropy coder's tables were chosen in float32 (decoded
+id, separate flags and quality bytes, varint sides, a varint-prefixed side-information field after the
+quality, and then ``varint z length, z string, y string`` (two strings: CompressAI's ``EntropyBottleneck`` and
+``GaussianConditional``, each with its own coder; tiles ``varint z length, z string, varint y length, y
+string``); version 1 is laid out as version 2 but its entropy coder's tables were chosen in float32 (decoded
 the same way they were written); from version 2 on they are chosen from float64 decoder-side values
 (portable between thread counts, batches and devices; :meth:`fedcodec.codec.SemanticCodec.gains`).
 
@@ -169,15 +171,15 @@ class _Reader:
                 raise BitstreamError(f"bitstream is corrupt (bad length field for {what})")
 
 
-def pack(header: Header, z_string: bytes, y_string: bytes) -> bytes:
+def pack(header: Header, stream: bytes) -> bytes:
     """Serialise a header and the two strings into one (untiled) container."""
     if header.tile:
         raise ValueError("a tiled header needs pack_tiles")
-    return _pack(header, [(z_string, y_string)])
+    return _pack(header, [stream])
 
 
-def pack_tiles(header: Header, tiles: list[tuple[bytes, bytes]]) -> bytes:
-    """Serialise a tiled header and one ``(z_string, y_string)`` per tile (see :meth:`Header.tile_boxes`)."""
+def pack_tiles(header: Header, tiles: list[bytes]) -> bytes:
+    """Serialise a tiled header and one entropy-coded stream per tile (see :meth:`Header.tile_boxes`)."""
     if not header.tile:
         raise ValueError("pack_tiles needs a header with a tile size")
     if header.tile % TILE_MULTIPLE or not MIN_TILE <= header.tile <= MAX_TILE:
@@ -187,7 +189,9 @@ def pack_tiles(header: Header, tiles: list[tuple[bytes, bytes]]) -> bytes:
     return _pack(header, tiles)
 
 
-def _pack(header: Header, tiles: list[tuple[bytes, bytes]]) -> bytes:
+def _pack(header: Header, tiles: list[bytes]) -> bytes:
+    if not all(isinstance(t, (bytes, bytearray)) and t for t in tiles):
+        raise ValueError("every tile needs a non-empty entropy-coded stream (bytes)")
     if len(header.model_id) != MODEL_ID_BYTES:
         raise ValueError(f"model id must be {MODEL_ID_BYTES} bytes")
     if header.bit_depth not in (8, 16):
@@ -211,11 +215,10 @@ def _pack(header: Header, tiles: list[tuple[bytes, bytes]]) -> bytes:
         parts.append(struct.pack("<ff", *header.window))
     if header.tile:
         parts.append(_varint(header.tile))
-        for z_string, y_string in tiles:
-            parts += [_varint(len(z_string)), z_string, _varint(len(y_string)), y_string]
+        for stream in tiles:
+            parts += [_varint(len(stream)), bytes(stream)]
     else:
-        z_string, y_string = tiles[0]
-        parts += [_varint(len(z_string)), z_string, y_string]
+        parts.append(bytes(tiles[0]))
     body = b"".join(parts)
     return body + struct.pack("<I", zlib.crc32(body))
 
@@ -228,8 +231,10 @@ def _same_model(stream_id: bytes, expected: bytes) -> bool:
 
 
 def unpack(data: bytes, expected_model_id: bytes | None = None,
-           limits: DecodeLimits | None = None) -> tuple[Header, bytes, bytes]:
-    """Parse an untiled container; returns ``(header, z_string, y_string)``.
+           limits: DecodeLimits | None = None) -> tuple[Header, tuple[bytes, ...]]:
+    """Parse an untiled container; returns ``(header, strings)``, ``strings`` in the order
+    :meth:`fedcodec.codec.SemanticCodec.decompress` takes them: ``(stream,)`` (version 3) or ``(y_string,
+    z_string)`` (versions 1-2).
 
     Raises :class:`BitstreamError` for anything that is not an intact fedcodec bitstream of a supported
     version (or that declares an image beyond ``limits``, or is tiled: use :func:`unpack_tiles`), and
@@ -239,12 +244,13 @@ def unpack(data: bytes, expected_model_id: bytes | None = None,
     if header.tile:
         raise BitstreamError(f"bitstream is tiled ({len(tiles)} tiles of {header.tile}x{header.tile}); this "
                              "operation reads untiled bitstreams only")
-    return header, tiles[0][0], tiles[0][1]
+    return header, tiles[0]
 
 
 def unpack_tiles(data: bytes, expected_model_id: bytes | None = None,
-                 limits: DecodeLimits | None = None) -> tuple[Header, list[tuple[bytes, bytes]]]:
-    """Parse any container; returns the header and one ``(z_string, y_string)`` per tile (one if untiled).
+                 limits: DecodeLimits | None = None) -> tuple[Header, list[tuple[bytes, ...]]]:
+    """Parse any container; returns the header and the strings of each tile (one tile if untiled), as
+    :func:`unpack` returns them.
 
     Checks, in this order and before anything sized by the header is allocated: magic, version, checksum,
     every field and length against the bytes present, the image size against ``limits`` (default
@@ -301,7 +307,7 @@ def unpack_tiles(data: bytes, expected_model_id: bytes | None = None,
         quality = reader.take(1, "quality")[0]
         side_info = reader.take(reader.varint("side info length"), "side info")
     tile = 0
-    tiles: list[tuple[bytes, bytes]] = []
+    tiles: list[tuple[bytes, ...]] = []
     if tiled:
         tile = reader.varint("tile size")
         if tile % TILE_MULTIPLE or not MIN_TILE <= tile <= MAX_TILE:
@@ -312,20 +318,26 @@ def unpack_tiles(data: bytes, expected_model_id: bytes | None = None,
         if rows * cols < 2:
             raise BitstreamError("bitstream is corrupt (a tiled image with a single tile)")
         for i in range(rows * cols):
-            z_string = reader.take(reader.varint(f"z length of tile {i}"), f"z string of tile {i}")
-            y_string = reader.take(reader.varint(f"y length of tile {i}"), f"y string of tile {i}")
-            if not z_string or not y_string:
+            if legacy:
+                z_string = reader.take(reader.varint(f"z length of tile {i}"), f"z string of tile {i}")
+                strings = (reader.take(reader.varint(f"y length of tile {i}"), f"y string of tile {i}"), z_string)
+            else:
+                strings = (reader.take(reader.varint(f"length of tile {i}"), f"stream of tile {i}"),)
+            if not all(strings):
                 raise BitstreamError(f"bitstream is corrupt (empty string in tile {i})")
-            tiles.append((z_string, y_string))
+            tiles.append(strings)
         if reader.pos != len(body):
             raise BitstreamError(f"bitstream is corrupt ({len(body) - reader.pos} unexpected bytes after the last tile)")
     else:
         header = Header(model_id, height, width, bit_depth, (lo, hi), quality, side_info, version=version)
-        z_string = reader.take(reader.varint("z length"), "z string")
-        y_string = body[reader.pos:]
-        if not z_string or not y_string:
+        if legacy:
+            z_string = reader.take(reader.varint("z length"), "z string")
+            strings = (body[reader.pos:], z_string)
+        else:
+            strings = (body[reader.pos:],)
+        if not all(strings):
             raise BitstreamError("bitstream is corrupt (empty entropy-coded string)")
-        tiles.append((z_string, y_string))
+        tiles.append(strings)
     if expected_model_id is not None and not _same_model(model_id, bytes(expected_model_id)):
         raise ModelMismatchError(f"bitstream was made by model {model_id.hex()}, but the given model is "
                                  f"{bytes(expected_model_id).hex()}; decode it with the model that encoded it")

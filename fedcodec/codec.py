@@ -38,7 +38,8 @@ from collections.abc import Iterable, Mapping, Sequence
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from compressai.entropy_models import EntropyBottleneck
+from compressai import ans
+from compressai.entropy_models import EntropyBottleneck, EntropyModel
 from compressai.entropy_models import GaussianConditional as _GaussianConditional
 from compressai.layers import GDN
 from compressai.models import CompressionModel
@@ -66,6 +67,42 @@ def group_of(key: str) -> str:
     return "base"
 
 
+def coder_tables(model: EntropyModel) -> tuple[list, list, list]:
+    """``(cdf rows cut at their lengths, lengths, offsets)`` of a CompressAI entropy model, as the Python lists
+    rANS takes; rebuilt when a table tensor is replaced (``update``) or written in place, else cached on the model
+    (the cache holds the tensors it was built from). rANS reads no further than a row's length, so the cut rows
+    code exactly as CompressAI's padded ones (tested)."""
+    model._check_cdf_size()
+    model._check_cdf_length()
+    model._check_offsets_size()
+    current = (model._quantized_cdf, model._cdf_length, model._offset)
+    cached = model.__dict__.get("_fedcodec_coder_tables")
+    if cached is None or any(a is not b or v != b._version for a, v, b in zip(cached[0], cached[1], current)):
+        lengths = model._cdf_length.reshape(-1).int().tolist()
+        rows = [row[:n] for row, n in zip(model._quantized_cdf.tolist(), lengths)]
+        model.__dict__["_fedcodec_coder_tables"] = (current, [t._version for t in current],
+                                                    (rows, lengths, model._offset.reshape(-1).int().tolist()))
+    return model.__dict__["_fedcodec_coder_tables"][2]
+
+
+class _LocalStream:
+    """One rANS string decoded part by part in this process (CompressAI's ``RansDecoder``), for trusted input;
+    :class:`fedcodec.rans_guard.GuardedStream` is the isolated stand-in used for bytes that crossed a network."""
+
+    def __init__(self, string: bytes) -> None:
+        self.decoder = ans.RansDecoder()
+        self.decoder.set_stream(bytes(string))
+
+    def __enter__(self) -> _LocalStream:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+    def decode(self, indexes: list[int], cdfs: list, lengths: list, offsets: list, last: bool = False) -> list[int]:
+        return self.decoder.decode_stream(indexes, cdfs, lengths, offsets)
+
+
 class GaussianConditional(_GaussianConditional):
     """CompressAI's GaussianConditional, faster where encoding spends its time (same strings, same state dict).
 
@@ -75,24 +112,8 @@ class GaussianConditional(_GaussianConditional):
       CompressAI's).
     - :meth:`compress`: CompressAI turns the whole CDF table into Python lists on every call and hands rANS every
       row padded to the longest (200,512 integers here, 27,256 used); the rows cut at their lengths are
-      converted once per table (rANS reads no further than a row's length; the strings are compared with
-      CompressAI's in the tests). Decoding keeps CompressAI's ``decompress``."""
-
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self._coder_table_cache: tuple | None = None
-
-    def _coder_tables(self) -> tuple[list, list, list]:
-        """``(cdf rows cut at their lengths, lengths, offsets)`` as lists, rebuilt when a table tensor is
-        replaced (``update``) or written in place; the cache holds the tensors it was built from."""
-        current = (self._quantized_cdf, self._cdf_length, self._offset)
-        cached = self._coder_table_cache
-        if cached is None or any(a is not b or v != b._version for a, v, b in zip(cached[0], cached[1], current)):
-            lengths = self._cdf_length.reshape(-1).int().tolist()
-            rows = [row[:n] for row, n in zip(self._quantized_cdf.tolist(), lengths)]
-            self._coder_table_cache = (current, [t._version for t in current],
-                                       (rows, lengths, self._offset.reshape(-1).int().tolist()))
-        return self._coder_table_cache[2]
+      converted once per table (:func:`coder_tables`; the strings are compared with CompressAI's in the tests).
+      Decoding keeps CompressAI's ``decompress``."""
 
     def compress(self, inputs: torch.Tensor, indexes: torch.Tensor, means: torch.Tensor | None = None) -> list:
         symbols = self.quantize(inputs, "symbols", means)
@@ -100,10 +121,7 @@ class GaussianConditional(_GaussianConditional):
             raise ValueError("Invalid `inputs` size. Expected a tensor with at least 2 dimensions.")
         if inputs.size() != indexes.size():
             raise ValueError("`inputs` and `indexes` should have the same size.")
-        self._check_cdf_size()
-        self._check_cdf_length()
-        self._check_offsets_size()
-        cdfs, lengths, offsets = self._coder_tables()
+        cdfs, lengths, offsets = coder_tables(self)
         return [self.entropy_coder.encode_with_indexes(symbols[i].reshape(-1).int().tolist(),
                                                        indexes[i].reshape(-1).int().tolist(), cdfs, lengths, offsets)
                 for i in range(symbols.size(0))]
@@ -380,12 +398,29 @@ class SemanticCodec(CompressionModel):
         return {"x_hat": x_hat, "likelihoods": {"y": y_likelihoods, "z": z_likelihoods}, "gain": gain}
 
     # ------------------------------------------------------------------ real entropy coding
+    def _z_medians(self) -> torch.Tensor:
+        """``(N, 1, 1)`` the factorized prior's medians: hyper-latent symbols are ``round(z * gz - median)``."""
+        eb = self.entropy_bottleneck
+        return eb._extend_ndims(eb._get_medians().detach(), 2)
+
+    def _z_from_symbols(self, symbols: torch.Tensor, quality: torch.Tensor) -> torch.Tensor:
+        """The decoder's ``z_hat`` from hyper-latent symbols ``(B, N, h, w)`` (what CompressAI's
+        ``EntropyBottleneck.decompress`` dequantises to, gain removed); the encoder uses the same function, so
+        both sides compute the entropy parameters from identical values."""
+        z_hat = symbols.to(torch.float32) + self._z_medians()
+        zg = self._z_gain(quality)
+        return z_hat / zg if zg is not None else z_hat
+
     @torch.no_grad()
     def compress(self, x: torch.Tensor, quality: int) -> dict:
         """Entropy-code ``x`` ``(B, 1, H, W)`` at one quality.
 
-        Returns ``{"strings": [y_strings, z_strings], "shape": (h_z, w_z)}`` with one ``bytes`` per image in
-        each list. :meth:`update` must have been called after the last parameter change.
+        Returns ``{"strings": [strings], "shape": (h_z, w_z)}`` with one ``bytes`` per image: a single rANS
+        stream holding the hyper-latent's symbols and then the latent's (CompressAI's ``BufferedRansEncoder``; the
+        decoder reads the hyper-latent first, rebuilds the latent's tables from it and reads on). One stream
+        instead of CompressAI's two strings (``[y_strings, z_strings]``, still decoded by :meth:`decompress`) saves
+        one 8-byte coder flush and its word padding: about 7 bytes per image, 7 % of a quality-1 file at
+        256x256. :meth:`update` must have been called after the last parameter change.
         """
         self._check_input(x)
         x = x.to(self.log_gain.device)  # the transforms run where the codec is; rANS reads host memory
@@ -393,12 +428,22 @@ class SemanticCodec(CompressionModel):
         y = self._analysis(x)
         z = self.h_a(y)
         zg = self._z_gain(q)
-        z_strings = self.entropy_bottleneck.compress(z * zg if zg is not None else z)
-        z_hat = self._decode_z(z_strings, tuple(z.shape[-2:]), q)
-        means, scales, gain = self.gains(z_hat, q, exact=True)
-        indexes = self.gaussian_conditional.build_indexes(scales * gain)
-        y_strings = self.gaussian_conditional.compress((y.to(torch.float64) - means) * gain, indexes)
-        return {"strings": [y_strings, z_strings], "shape": tuple(z.shape[-2:])}
+        eb, gc = self.entropy_bottleneck, self.gaussian_conditional
+        z_symbols = eb.quantize(z * zg if zg is not None else z, "symbols", self._z_medians())
+        means, scales, gain = self.gains(self._z_from_symbols(z_symbols, q), q, exact=True)
+        y_indexes = gc.build_indexes(scales * gain)
+        y_symbols = gc.quantize((y.to(torch.float64) - means) * gain, "symbols")
+        z_indexes = eb._build_indexes(z_symbols.size())
+        z_tables, y_tables = coder_tables(eb), coder_tables(gc)
+        strings = []
+        for i in range(x.shape[0]):
+            encoder = ans.BufferedRansEncoder()
+            encoder.encode_with_indexes(z_symbols[i].reshape(-1).int().tolist(),
+                                        z_indexes[i].reshape(-1).int().tolist(), *z_tables)
+            encoder.encode_with_indexes(y_symbols[i].reshape(-1).int().tolist(),
+                                        y_indexes[i].reshape(-1).int().tolist(), *y_tables)
+            strings.append(encoder.flush())
+        return {"strings": [strings], "shape": tuple(z.shape[-2:])}
 
     def _analysis(self, x: torch.Tensor) -> torch.Tensor:
         """``g_a`` on channels-last feature maps from the first layer on: oneDNN's faster layout on CPUs (a third
@@ -415,8 +460,9 @@ class SemanticCodec(CompressionModel):
                    portable: bool = True) -> dict:
         """Inverse of :meth:`compress`: returns ``{"x_hat": (B, 1, 64*h_z, 64*w_z)}`` (not clamped).
 
-        ``portable=False`` decodes strings written before portable coding (bitstream version 1: tables
-        chosen in float32)."""
+        ``strings`` is ``[streams]`` (one stream per image, as :meth:`compress` writes) or CompressAI's
+        ``[y_strings, z_strings]`` (bitstream versions 1-2). ``portable=False`` decodes strings written before
+        portable coding (bitstream version 1: tables chosen in float32)."""
         lat = self.decode_latents(strings, shape, quality, portable)
         y_hat = (lat["means"] + lat["symbols"] / lat["gain"]).to(self.log_gain.dtype)
         return {"x_hat": self.synthesize(y_hat)}
@@ -424,18 +470,50 @@ class SemanticCodec(CompressionModel):
     @torch.no_grad()
     def decode_latents(self, strings: Sequence[Sequence[bytes]], shape: tuple[int, int],
                        quality: int | torch.Tensor, portable: bool = True) -> dict:
-        """Entropy-decode the strings of :meth:`compress` without synthesis.
+        """Entropy-decode the strings of :meth:`compress` (or the two string lists of versions 1-2) without
+        synthesis.
 
         Returns ``{"means", "scales", "gain", "symbols"}``, each ``(B, M, 4*h_z, 4*w_z)``: the decoder-side
         hyperprior, the total gain ``G`` and the coded integers ``Q((y - mu) * G)``, all float64 (see :meth:`gains`;
-        float32 with ``portable=False``, for version-1 bitstreams).
+        float32 with ``portable=False``, for version-1 bitstreams); and ``z_symbols`` ``(B, N, h_z, w_z)``, the
+        hyper-latent's coded integers. A stream is read through the entropy coder's ``open_stream`` where it has
+        one (:class:`fedcodec.rans_guard.GuardedCoder`, inside ``guarded_entropy_coders``), else in-process.
         """
-        q = self._quality_tensor(quality, len(strings[1]), self.log_gain.device)
-        z_hat = self._decode_z(strings[1], shape, q)
-        means, scales, gain = self.gains(z_hat, q, exact=portable)
-        indexes = self.gaussian_conditional.build_indexes(scales * gain)
-        symbols = self.gaussian_conditional.decompress(strings[0], indexes, dtype=means.dtype)
-        return {"means": means, "scales": scales, "gain": gain, "symbols": symbols}
+        if len(strings) == 2:
+            q = self._quality_tensor(quality, len(strings[1]), self.log_gain.device)
+            z_strings = list(strings[1])
+            z_hat = self._decode_z(z_strings, shape, q)
+            medians = self._z_medians()
+            zg = self._z_gain(q)
+            z_symbols = torch.round((z_hat * zg if zg is not None else z_hat) - medians)
+            means, scales, gain = self.gains(z_hat, q, exact=portable)
+            indexes = self.gaussian_conditional.build_indexes(scales * gain)
+            symbols = self.gaussian_conditional.decompress(strings[0], indexes, dtype=means.dtype)
+            return {"means": means, "scales": scales, "gain": gain, "symbols": symbols, "z_symbols": z_symbols}
+        if len(strings) != 1:
+            raise ValueError(f"expected [streams] or [y_strings, z_strings], got {len(strings)} lists")
+        if not portable:
+            raise ValueError("single-stream bitstreams are always portable (version 3 on)")
+        streams = list(strings[0])
+        q = self._quality_tensor(quality, len(streams), self.log_gain.device)
+        eb, gc = self.entropy_bottleneck, self.gaussian_conditional
+        z_tables, y_tables = coder_tables(eb), coder_tables(gc)
+        n = eb._quantized_cdf.size(0)
+        z_indexes = eb._build_indexes((1, n, *shape)).reshape(-1).int().tolist()
+        open_stream = getattr(gc.entropy_coder, "open_stream", _LocalStream)
+        parts = []
+        for i, stream in enumerate(streams):
+            qi = q[i:i + 1]
+            with open_stream(stream) as reader:
+                z_values = reader.decode(z_indexes, *z_tables)
+                z_symbols = torch.tensor(z_values, dtype=torch.int32, device=q.device).reshape(1, n, *shape)
+                means, scales, gain = self.gains(self._z_from_symbols(z_symbols, qi), qi, exact=True)
+                y_indexes = gc.build_indexes(scales * gain).reshape(-1).int().tolist()
+                y_values = reader.decode(y_indexes, *y_tables, last=True)
+            symbols = torch.tensor(y_values, dtype=means.dtype, device=means.device).reshape(means.shape)
+            parts.append((means, scales, gain, symbols, z_symbols.to(means.dtype)))
+        means, scales, gain, symbols, z_symbols = (torch.cat(t) for t in zip(*parts))
+        return {"means": means, "scales": scales, "gain": gain, "symbols": symbols, "z_symbols": z_symbols}
 
     # ------------------------------------------------------------------ parameter groups
     def group_state_dict(self, groups: Iterable[str] = ADAPTABLE_GROUPS) -> dict[str, torch.Tensor]:

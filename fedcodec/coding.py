@@ -106,7 +106,7 @@ def encode_image(codec: SemanticCodec, image: np.ndarray, quality: int,
         for top, left, th, tw in header.tile_boxes():
             x, _ = image_to_tensor(image[top:top + th, left:left + tw], window)
             enc = codec.compress(x, quality)
-            strings.append((enc["strings"][1][0], enc["strings"][0][0]))
+            strings.append(enc["strings"][0][0])
             del x, enc
         data = pack_tiles(header, strings)
     else:
@@ -114,18 +114,19 @@ def encode_image(codec: SemanticCodec, image: np.ndarray, quality: int,
         limits.check(h, w, 0)
         x, _ = image_to_tensor(image, window)
         enc = codec.compress(x, quality)
-        data = pack(header, enc["strings"][1][0], enc["strings"][0][0])
+        data = pack(header, enc["strings"][0][0])
     return Encoded(data, 8 * len(data) / (h * w), header)
 
 
-def _decode_tile(codec: SemanticCodec, z_string: bytes, y_string: bytes, height: int, width: int, quality: int,
+def _decode_tile(codec: SemanticCodec, strings: tuple[bytes, ...], height: int, width: int, quality: int,
                  task_ready: bool, where: str, portable: bool = True) -> np.ndarray:
-    """One tile's strings -> ``(height, width)`` float array in [0, 1]; every failure is a BitstreamError."""
+    """One tile's strings (as :func:`fedcodec.bitstream.unpack` gives them) -> ``(height, width)`` float array
+    in [0, 1]; every failure is a BitstreamError."""
     m = codec.multiple
     shape = (-(-height // m), -(-width // m))
     try:
         with guarded_entropy_coders(codec):
-            x_hat = codec.decompress([[y_string], [z_string]], shape, quality, portable)["x_hat"]
+            x_hat = codec.decompress([[s] for s in strings], shape, quality, portable)["x_hat"]
         if task_ready:
             x_hat = codec.task_input(x_hat)
     except BitstreamError:
@@ -158,8 +159,8 @@ def decode_image(codec: SemanticCodec, data: bytes, task_ready: bool = False,
     dtype = np.uint8 if header.bit_depth == 8 else np.uint16
     out = np.empty((header.height, header.width), dtype)
     boxes = header.tile_boxes()
-    for i, ((top, left, th, tw), (z_string, y_string)) in enumerate(zip(boxes, tiles)):
+    for i, ((top, left, th, tw), strings) in enumerate(zip(boxes, tiles)):
         where = f" in tile {i}" if header.tile else ""
-        x_hat = _decode_tile(codec, z_string, y_string, th, tw, header.quality, task_ready, where, header.portable)
+        x_hat = _decode_tile(codec, strings, th, tw, header.quality, task_ready, where, header.portable)
         out[top:top + th, left:left + tw] = denormalize(x_hat, header.window, header.bit_depth)
     return out, header

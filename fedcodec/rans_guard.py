@@ -1,5 +1,9 @@
 """Entropy decoding that no payload can crash: CompressAI's rANS decoder, run in a helper process.
 
+Two forms: :func:`decode_with_indexes` for one string of one part (CompressAI's entropy models, bitstream
+versions 1-2), and :class:`GuardedStream` for one stream of several parts read in turn (version 3: the
+hyper-latent, then the latent).
+
 CompressAI's C++ ``RansDecoder.decode_with_indexes`` trusts its input: its read pointer has no bound, so a
 forged string (valid header, recomputed CRC, random payload) can make it read past the end of its buffer
 and crash the whole process (SIGSEGV), and the number of words one "bypass" symbol reads is not bounded by
@@ -84,11 +88,12 @@ def read_exact(n):
     return bytes(buf)
 
 
-def canonical(string, values, idx, cdfs, sizes, offsets, np_sizes, np_offsets):
+def bypass_puts(values, idx, np_sizes, np_offsets):
+    # bypass nibbles rANS writes for these values, or None when one is out of any encoder's range
     v = np.asarray(values, dtype=np.int64) - np_offsets[idx]
     maxv = np_sizes[idx] - 2
     if v.size and int(np.abs(v).max()) > max_abs:
-        return False
+        return None
     byp = (v < 0) | (v >= maxv)
     raw = np.where(v < 0, -2 * v - 1, 2 * (v - maxv))[byp]
     nib = np.zeros(raw.shape, np.int64)
@@ -96,28 +101,69 @@ def canonical(string, values, idx, cdfs, sizes, offsets, np_sizes, np_offsets):
     while r.any():
         nib += r != 0
         r >>= 4
-    puts = int((nib + nib // 15 + 1).sum())
+    return int((nib + nib // 15 + 1).sum())
+
+
+def fits(n_symbols, puts):
     # rANS writes at most (information bits + 64) / 32 words: 16 bits per symbol, 4 per bypass nibble.
     # The encoder's buffer holds one word per symbol; a stream needing more was never written by it.
-    if (16 * len(values) + 4 * puts) // 32 + 8 > len(values):
+    return (16 * n_symbols + 4 * puts) // 32 + 8 <= n_symbols
+
+
+def canonical(string, values, idx, cdfs, sizes, offsets, np_sizes, np_offsets):
+    puts = bypass_puts(values, idx, np_sizes, np_offsets)
+    if puts is None or not fits(len(values), puts):
         return False
     return enc.encode_with_indexes(values, idx.tolist(), cdfs, sizes, offsets) == string
 
 
+def canonical_stream(string, parts):
+    # whether encoding every part's symbols in order into one stream gives back exactly the string
+    n = sum(len(values) for values, _, _ in parts)
+    puts = 0
+    for values, idx, table in parts:
+        p = bypass_puts(values, idx, table[3], table[4])
+        if p is None:
+            return False
+        puts += p
+    if not fits(n, puts):
+        return False
+    benc = ans.BufferedRansEncoder()
+    for values, idx, table in parts:
+        benc.encode_with_indexes(values, idx.tolist(), *table[:3])
+    return benc.flush() == string
+
+
+sdec, session = ans.RansDecoder(), None
 while True:
     (n,) = struct.unpack("<Q", read_exact(8))
     req = pickle.loads(read_exact(n))
     key = req["key"]
     if req.get("tables") is not None:
         if len(tables) >= __MAX_TABLES__:
-            tables.clear()
+            tables.clear()   # a stream being read keeps its parts' tables (below)
         cdfs, sizes, offsets = req["tables"]
         tables[key] = (cdfs, sizes, offsets, np.asarray(sizes, np.int64), np.asarray(offsets, np.int64))
     cdfs, sizes, offsets, np_sizes, np_offsets = tables[key]
     idx = np.frombuffer(req["indexes"], dtype=np.int32)
-    string = req["string"]
-    values = dec.decode_with_indexes(string + pad, idx.tolist(), cdfs, sizes, offsets)
-    ok = canonical(string, values, idx, cdfs, sizes, offsets, np_sizes, np_offsets)
+    op = req.get("op", "decode")
+    if op == "decode":
+        string = req["string"]
+        values = dec.decode_with_indexes(string + pad, idx.tolist(), cdfs, sizes, offsets)
+        ok = canonical(string, values, idx, cdfs, sizes, offsets, np_sizes, np_offsets)
+    else:   # "start" a stream (with its string) or read its "next" part; the "last" part is checked whole
+        if op == "start":
+            session = {"string": req["string"], "parts": []}
+            sdec.set_stream(req["string"] + pad)
+        if session is None:
+            values, ok = [0] * len(idx), False
+        else:
+            values = sdec.decode_stream(idx.tolist(), cdfs, sizes, offsets)
+            session["parts"].append((values, idx, tables[key]))
+            ok = bypass_puts(values, idx, np_sizes, np_offsets) is not None
+            if req.get("last"):
+                ok = ok and canonical_stream(session["string"], session["parts"])
+                session = None
     body = np.asarray(values, dtype=np.int32).tobytes()
     out.write(struct.pack("<BQ", int(ok), len(values)) + body)
     out.flush()
@@ -197,43 +243,46 @@ _HELPER: _Helper | None = None
 stats = {"crashed": 0, "timed_out": 0, "non_canonical": 0, "calls": 0}
 
 
-def _table_key(cdfs: np.ndarray, sizes: np.ndarray, offsets: np.ndarray) -> bytes:
+def _table_key(rows: list[np.ndarray], sizes: np.ndarray, offsets: np.ndarray) -> bytes:
     h = hashlib.blake2b(digest_size=16)
-    for a in (cdfs, sizes, offsets):
+    for a in (*rows, sizes, offsets):
         h.update(str(a.shape).encode())
         h.update(a.tobytes())
     return h.digest()
 
 
-def decode_with_indexes(string: bytes, indexes: Sequence[int] | np.ndarray, cdfs: Sequence[Sequence[int]],
-                        cdf_sizes: Sequence[int], offsets: Sequence[int]) -> list[int]:
-    """CompressAI's ``RansDecoder.decode_with_indexes`` with the same arguments, run in the helper process.
-
-    Raises :class:`BitstreamError` when the string crashes or stalls the decoder, or is not exactly what
-    fedcodec's encoder would write for the decoded symbols.
-    """
-    global _HELPER
-    if not isinstance(string, (bytes, bytearray)):
-        raise BitstreamError(f"entropy-coded string must be bytes, got {type(string).__name__}")
+def _prepare(indexes, cdfs, cdf_sizes, offsets) -> tuple[np.ndarray, tuple, bytes]:
+    """Indexes as int32 (checked against the table count), the tables as arrays (CDF rows may be CompressAI's
+    padded rows or rows cut at their lengths: :func:`fedcodec.codec.coder_tables`) and their key."""
     idx = np.ascontiguousarray(np.asarray(indexes, dtype=np.int32).reshape(-1))
-    np_cdfs = np.asarray(cdfs, dtype=np.int32)
+    rows = [np.asarray(row, dtype=np.int32).reshape(-1) for row in cdfs]
     np_sizes, np_offsets = np.asarray(cdf_sizes, dtype=np.int32), np.asarray(offsets, dtype=np.int32)
     if idx.size and (int(idx.min()) < 0 or int(idx.max()) >= len(np_sizes)):
         raise BitstreamError("entropy decoder indexes are out of range")
-    key = _table_key(np_cdfs, np_sizes, np_offsets)
-    payload = {"key": key, "string": bytes(string), "indexes": idx.tobytes(), "tables": None}
+    return idx, (rows, np_sizes, np_offsets), _table_key(rows, np_sizes, np_offsets)
+
+
+def _request(payload: dict, idx: np.ndarray, tables: tuple, expected: _Helper | None = None) -> tuple[_Helper, bool,
+                                                                                                        np.ndarray]:
+    """Send one request to the helper (started if needed; ``expected``: the helper a stream began on, which
+    must still be the one running) and return it with the reply; every failure is a BitstreamError."""
+    global _HELPER
     with _LOCK:
         stats["calls"] += 1
+        if expected is not None and _HELPER is not expected:
+            raise BitstreamError("bitstream payload could not be read (the isolated entropy decoder restarted "
+                                 "during the stream)")
         if _HELPER is None or not _HELPER.alive():
             _HELPER = _Helper()
         helper = _HELPER
-        if key not in helper.keys:
-            payload["tables"] = ([list(map(int, row)) for row in np_cdfs], np_sizes.tolist(), np_offsets.tolist())
+        if payload["key"] not in helper.keys:
+            rows, np_sizes, np_offsets = tables
+            payload["tables"] = ([row.tolist() for row in rows], np_sizes.tolist(), np_offsets.tolist())
             if len(helper.keys) >= MAX_TABLES:  # the helper clears its tables before taking this one
                 helper.keys.clear()
         try:
             ok, values = helper.request(payload, int(idx.size))
-            helper.keys.add(key)
+            helper.keys.add(payload["key"])
         except TimeoutError:
             stats["timed_out"] += 1
             helper.kill()
@@ -250,11 +299,75 @@ def decode_with_indexes(string: bytes, indexes: Sequence[int] | np.ndarray, cdfs
                    -code in signal.valid_signals() else f"exit status {code}")
             raise BitstreamError(f"bitstream payload is corrupt (it crashed the isolated entropy decoder: {how})") \
                 from None
+    return helper, ok, values
+
+
+def _non_canonical() -> BitstreamError:
+    stats["non_canonical"] += 1
+    return BitstreamError("bitstream payload is corrupt (the entropy-coded data is not what the encoder writes "
+                          "for the symbols it decodes to)")
+
+
+def decode_with_indexes(string: bytes, indexes: Sequence[int] | np.ndarray, cdfs: Sequence[Sequence[int]],
+                        cdf_sizes: Sequence[int], offsets: Sequence[int]) -> list[int]:
+    """CompressAI's ``RansDecoder.decode_with_indexes`` with the same arguments, run in the helper process.
+
+    Raises :class:`BitstreamError` when the string crashes or stalls the decoder, or is not exactly what
+    fedcodec's encoder would write for the decoded symbols.
+    """
+    if not isinstance(string, (bytes, bytearray)):
+        raise BitstreamError(f"entropy-coded string must be bytes, got {type(string).__name__}")
+    idx, tables, key = _prepare(indexes, cdfs, cdf_sizes, offsets)
+    _, ok, values = _request({"key": key, "string": bytes(string), "indexes": idx.tobytes(), "tables": None},
+                             idx, tables)
     if not ok:
-        stats["non_canonical"] += 1
-        raise BitstreamError("bitstream payload is corrupt (the entropy-coded data is not what the encoder writes "
-                             "for the symbols it decodes to)")
+        raise _non_canonical()
     return values.tolist()
+
+
+#: One stream is read at a time (the helper keeps one stream's state between its parts).
+_STREAM_LOCK = threading.Lock()
+
+
+class GuardedStream:
+    """One rANS stream of several parts (``BufferedRansEncoder``: e.g. the hyper-latent's symbols, then the
+    latent's, whose tables the caller derives from the first part), read part by part in the helper process.
+
+    Use as a context manager; call :meth:`decode` once per part, in the order they were encoded, with
+    ``last=True`` on the last: the helper then checks that encoding all parts again gives exactly the received
+    string (the canonical check of :func:`decode_with_indexes`, over the whole stream). Earlier parts come back
+    before that check (the caller needs them to go on) but with every value in an encoder's range; they are
+    untrusted until the last part returns.
+    """
+
+    def __init__(self, string: bytes) -> None:
+        if not isinstance(string, (bytes, bytearray)):
+            raise BitstreamError(f"entropy-coded string must be bytes, got {type(string).__name__}")
+        self.string = bytes(string)
+        self.helper: _Helper | None = None
+        self.done = False
+
+    def __enter__(self) -> GuardedStream:
+        _STREAM_LOCK.acquire()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        _STREAM_LOCK.release()
+
+    def decode(self, indexes: Sequence[int] | np.ndarray, cdfs: Sequence[Sequence[int]], cdf_sizes: Sequence[int],
+               offsets: Sequence[int], last: bool = False) -> list[int]:
+        """The next part's symbols (as ``RansDecoder.decode_stream``)."""
+        if self.done:
+            raise RuntimeError("this stream's last part was already read")
+        idx, tables, key = _prepare(indexes, cdfs, cdf_sizes, offsets)
+        first = self.helper is None
+        payload = {"key": key, "op": "start" if first else "next", "last": bool(last),
+                   "string": self.string if first else None, "indexes": idx.tobytes(), "tables": None}
+        self.helper, ok, values = _request(payload, idx, tables, expected=None if first else self.helper)
+        self.done = bool(last)
+        if not ok:
+            raise _non_canonical()
+        return values.tolist()
 
 
 def ensure_started() -> None:
@@ -286,6 +399,11 @@ class GuardedCoder:
 
     def decode_with_indexes(self, string, indexes, cdfs, cdf_sizes, offsets):
         return decode_with_indexes(string, indexes, cdfs, cdf_sizes, offsets)
+
+    @staticmethod
+    def open_stream(string: bytes) -> GuardedStream:
+        """A multi-part stream read in the helper (:meth:`fedcodec.codec.SemanticCodec.decode_latents`)."""
+        return GuardedStream(string)
 
 
 _SWAP_LOCK = threading.RLock()

@@ -47,11 +47,11 @@ def _recrc(body: bytes) -> bytes:
 
 
 def _header_len(data: bytes) -> int:
-    """Offset of the first entropy-coded byte (after the z length) of an untiled container."""
+    """Offset of the first entropy-coded byte of an untiled (version 3) container."""
     from fedcodec.bitstream import unpack
 
-    header, z, y = unpack(data)
-    return len(data) - 4 - len(y) - len(z)
+    _, strings = unpack(data)
+    return len(data) - 4 - sum(map(len, strings))
 
 
 def forge(rng: np.random.Generator, samples: list[bytes], tiled: list[bytes]) -> tuple[str, bytes]:
@@ -61,10 +61,8 @@ def forge(rng: np.random.Generator, samples: list[bytes], tiled: list[bytes]) ->
     body = data[:-4]
     if kind == "payload":
         hl = _header_len(data)
-        start = hl - len(_varint(len(body) - hl))  # rewrite the z length too
-        z_len = int(rng.integers(1, 400))
-        y_len = int(rng.integers(1, 2000))
-        return kind, _recrc(body[:start] + _varint(z_len) + rng.bytes(z_len) + rng.bytes(y_len))
+        kept = int(rng.integers(0, len(body) - hl + 1)) if rng.random() < 0.5 else 0   # a valid start, or none
+        return kind, _recrc(body[:hl + kept] + rng.bytes(int(rng.integers(1, 2400))))
     if kind == "bitflip":
         hl = _header_len(data)
         b = bytearray(body)
@@ -78,26 +76,21 @@ def forge(rng: np.random.Generator, samples: list[bytes], tiled: list[bytes]) ->
     if kind == "header":
         b = bytearray(body)
         field = int(rng.integers(5))
-        if field == 0:      # size: rewrite height and width varints with random (often huge) values
-            from fedcodec.bitstream import unpack
-            h = unpack(data)[0]
-            old = _varint(h.height) + _varint(h.width)
+        # version 3: magic 2, version 1, model id 4, flags + quality at 7, packed sides at 8-10 (untiled samples)
+        if field == 0:      # size: varint sides (flag bit 3) with random (often huge) values
             new = _varint(int(2 ** rng.uniform(0, 35))) + _varint(int(2 ** rng.uniform(0, 35)))
-            b = bytearray(body[:11] + new + body[11 + len(old):])
-        elif field == 1:    # flags
-            b[10] = int(rng.integers(256))
+            b = bytearray(body[:7] + bytes([body[7] | 8]) + new + body[11:])
+        elif field == 1:    # flags and quality
+            b[7] = int(rng.integers(256))
         elif field == 2:    # any single header byte
-            b[int(rng.integers(0, min(len(b), 24)))] = int(rng.integers(256))
+            b[int(rng.integers(0, min(len(b), 16)))] = int(rng.integers(256))
         elif field == 3:    # window (set the flag, insert two random floats, NaN and inf included)
             vals = rng.choice([np.nan, np.inf, -np.inf, 0.0, 1.0, 1e30, -5.0, 65535.0], size=2)
-            from fedcodec.bitstream import unpack
-            h = unpack(data)[0]
-            pos = 11 + len(_varint(h.height)) + len(_varint(h.width))
-            b = bytearray(body[:pos] + struct.pack("<ff", *vals) + body[pos:])
-            b[10] |= 2
-        else:               # quality byte / length fields: random bytes in the header region
+            b = bytearray(body[:11] + struct.pack("<ff", *vals) + body[11:])
+            b[7] |= 2
+        else:               # sides and the stream's first bytes: random bytes there
             for _ in range(3):
-                b[int(rng.integers(11, min(len(b), 30)))] = int(rng.integers(256))
+                b[int(rng.integers(8, min(len(b), 24)))] = int(rng.integers(256))
         return kind, _recrc(bytes(b))
     # tiles: a tiled container with random tile payloads or a forged tile size
     data = tiled[int(rng.integers(len(tiled)))]
@@ -107,13 +100,12 @@ def forge(rng: np.random.Generator, samples: list[bytes], tiled: list[bytes]) ->
     if rng.random() < 0.5:
         n_tiles = len(tiles)
         k = int(rng.integers(n_tiles))
-        z, y = tiles[k]
-        fake = (rng.bytes(len(z)), rng.bytes(int(rng.integers(1, 2 * len(y) + 2))))
-        tiles = list(tiles)
-        tiles[k] = fake
+        (stream,) = tiles[k]
+        streams = [t[0] for t in tiles]
+        streams[k] = rng.bytes(int(rng.integers(1, 2 * len(stream) + 2)))
         from fedcodec.bitstream import pack_tiles
-        return kind, pack_tiles(header, tiles)
-    pos = int(rng.integers(11, len(b)))
+        return kind, pack_tiles(header, streams)
+    pos = int(rng.integers(7, len(b)))
     b[pos] = int(rng.integers(256))
     return kind, _recrc(bytes(b))
 

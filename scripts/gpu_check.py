@@ -29,8 +29,8 @@ import torch
 def _symbols(codec, data: bytes, quality: int, shape):
     from fedcodec.bitstream import unpack
 
-    _, z, y = unpack(data)
-    return codec.decode_latents([[y], [z]], shape, quality)["symbols"].cpu()
+    _, strings = unpack(data)
+    return codec.decode_latents([[s] for s in strings], shape, quality)["symbols"].cpu()
 
 
 def main(argv: list[str] | None = None) -> int:

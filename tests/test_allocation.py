@@ -98,10 +98,10 @@ def test_cli_inspect(tmp_path, capsys, tiny_codec_path, sample):
     assert report["total_bytes"] == (tmp_path / "scan.fcd").stat().st_size and report["quality"] == 3
     from fedcodec.bitstream import unpack
 
-    _, z, y = unpack((tmp_path / "scan.fcd").read_bytes())
-    assert (report["z_bytes"], report["y_bytes"]) == (len(z), len(y))
-    assert report["header_bytes"] == report["total_bytes"] - len(z) - len(y) > 0
-    assert f"header {report['header_bytes']} B, hyper-latent {len(z)} B" in out
+    _, (stream,) = unpack((tmp_path / "scan.fcd").read_bytes())
+    assert report["z_bytes"] + report["y_bytes"] == len(stream) and 0 < report["z_bytes"] < len(stream)
+    assert report["header_bytes"] == report["total_bytes"] - len(stream) == 15
+    assert f"header {report['header_bytes']} B, hyper-latent {report['z_bytes']} B" in out
     assert report["region"]["area_share"] == pytest.approx(mask.mean(), abs=1e-9)
     assert "of the latent bits" in out and (tmp_path / "bits.png").stat().st_size > 5000
     before = (tmp_path / "bits.json").read_bytes()

@@ -48,8 +48,7 @@ def files(tmp_path_factory, tiny_codec_path, other_codec_path, tiny_task_path, p
     f["garbage"].write_bytes(body + struct.pack("<I", zlib.crc32(body)))
     f["huge"] = d / "huge.fcd"
     from fedcodec.coding import model_id
-    f["huge"].write_bytes(pack(Header(model_id(codec), 100000, 100000, 8, (0.0, 255.0), 0), b"\x01" * 8,
-                               b"\x02" * 300))
+    f["huge"].write_bytes(pack(Header(model_id(codec), 100000, 100000, 8, (0.0, 255.0), 0), b"\x01" * 308))
     f["junk"] = d / "junk.bin"
     f["junk"].write_bytes(b"this is not an image, a model or a bitstream\n" * 10)
     f["bomb"] = d / "bomb.png"

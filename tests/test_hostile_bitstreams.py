@@ -46,25 +46,25 @@ def recrc(body: bytes) -> bytes:
 
 def test_huge_header_fails_before_any_allocation(codec):
     header = Header(model_id(codec), 100000, 100000, 8, (0.0, 255.0), 0)
-    data = pack(header, b"\x01" * 8, b"\x02" * 300)
+    data = pack(header, b"\x01" * 308)
     t0 = time.perf_counter()
     with pytest.raises(BitstreamError, match="100000x100000"):
         decode_image(codec, data)
     assert time.perf_counter() - t0 < 0.5
     # one flipped bit in the height varint (the issue's 2,146,504-row header)
     with pytest.raises(BitstreamError, match="largest side"):
-        unpack(pack(Header(b"abcd", 2146504, 64, 8, (0.0, 255.0), 0), b"z", b"y"))
+        unpack(pack(Header(b"abcd", 2146504, 64, 8, (0.0, 255.0), 0), b"zy"))
     # untiled images are limited more tightly than tiled ones (an untiled decode holds the whole image)
     with pytest.raises(BitstreamError, match="untiled"):
-        unpack(pack(Header(b"abcd", 4096, 4096, 16, (0.0, 65535.0), 0), b"z", b"y"))
+        unpack(pack(Header(b"abcd", 4096, 4096, 16, (0.0, 65535.0), 0), b"zy"))
     # the limit is configurable
     small = DecodeLimits(max_side=100, max_pixels=5000, max_untiled_pixels=5000)
     with pytest.raises(BitstreamError, match="5,000"):
-        unpack(pack(Header(b"abcd", 99, 99, 8, (0.0, 255.0), 0), b"z", b"y"), limits=small)
+        unpack(pack(Header(b"abcd", 99, 99, 8, (0.0, 255.0), 0), b"zy"), limits=small)
 
 
 def test_header_fields_are_validated(codec):
-    good = pack(Header(b"abcd", 64, 64, 8, (0.0, 255.0), 0), b"zz", b"yy")
+    good = pack(Header(b"abcd", 64, 64, 8, (0.0, 255.0), 0), b"zzyy")
     # version 3 keeps the quality in the flags byte's high nibble: 15 is a valid container, not a valid codec
     quality = bytearray(good[:-4])
     quality[7] |= 0xF0
@@ -76,11 +76,13 @@ def test_header_fields_are_validated(codec):
     with pytest.raises(BitstreamError, match="flags"):
         unpack(recrc(legacy))
     assert unpack(recrc(legacy[:10] + b"\x00" + legacy[11:]))[0].version == 2
-    nan_window = pack(Header(b"abcd", 64, 64, 16, (float("nan"), 1.0), 0), b"zz", b"yy")
+    nan_window = pack(Header(b"abcd", 64, 64, 16, (float("nan"), 1.0), 0), b"zzyy")
     with pytest.raises(BitstreamError, match="window"):
         unpack(nan_window)
-    z_too_long = bytearray(good[:-4])
-    z_too_long[-5] = 0x7F          # the z length varint: now longer than what follows
+    with pytest.raises(BitstreamError, match="empty"):
+        unpack(recrc(good[:-8]))   # a header and no stream
+    z_too_long = bytearray(legacy[:10] + b"\x00" + legacy[11:])
+    z_too_long[15] = 0x7F          # the version-2 z length varint: now longer than what follows
     with pytest.raises(BitstreamError, match="truncated"):
         unpack(recrc(bytes(z_too_long)))
 
@@ -88,25 +90,35 @@ def test_header_fields_are_validated(codec):
 def test_garbage_payloads_are_bitstream_errors(codec, image8):
     """Random strings under a valid header (CRC recomputed) never decode and never raise anything else."""
     data = encode_image(codec, image8, 1).data
-    header, z, y = unpack(data)
-    head = data[:len(data) - 4 - len(y) - len(z)]
+    header, (stream,) = unpack(data)
+    head = data[:len(data) - 4 - len(stream)]
     rng = np.random.default_rng(0)
     for i in range(25):
-        forged = recrc(head + (z if i % 2 else rng.bytes(len(z))) + rng.bytes(int(rng.integers(1, 3 * len(y)))))
+        # odd draws keep the stream's first half (its state and the hyper-latent's words) and forge the rest
+        kept = stream[:len(stream) // 2] if i % 2 else b""
+        forged = recrc(head + kept + rng.bytes(int(rng.integers(1, 3 * len(stream)))))
         with pytest.raises(BitstreamError, match="payload is corrupt"):
             decode_image(codec, forged)
-    # trailing bytes after a valid y string: the symbols decode, but the string is not what was encoded
+    # trailing bytes after a valid stream: the symbols decode, but the stream is not what was encoded
     with pytest.raises(BitstreamError, match="not what the encoder writes"):
         decode_image(codec, recrc(data[:-4] + b"\x00\x01"))
+    # a valid stream read at another quality (the header's nibble changed, checksum recomputed): other tables
+    other = bytearray(data[:-4])
+    other[7] = (other[7] & 0x0F) | (2 << 4)
+    with pytest.raises(BitstreamError, match="payload is corrupt"):
+        decode_image(codec, recrc(bytes(other)))
+    # the stream cut short: a part ends beyond the bytes present
+    with pytest.raises(BitstreamError, match="payload is corrupt"):
+        decode_image(codec, recrc(head + stream[:-4]))
 
 
 def test_guarded_decode_is_exact(codec, image8):
     """The isolated decoder returns exactly what CompressAI's in-process decoder returns on valid input."""
     data = encode_image(codec, image8, 2).data
-    header, z, y = unpack(data)
+    header, (stream,) = unpack(data)
     shape = (-(-header.height // 64), -(-header.width // 64))
-    with torch.no_grad():
-        ref = codec.decompress([[y], [z]], shape, header.quality)["x_hat"][0, 0, :150, :130].clamp(0, 1)
+    with torch.no_grad():   # no guard here: CompressAI's decoder in this process
+        ref = codec.decompress([[stream]], shape, header.quality)["x_hat"][0, 0, :150, :130].clamp(0, 1)
     dec, _ = decode_image(codec, data)
     expect = np.rint(ref.double().numpy() * 255).astype(np.uint8)
     assert np.array_equal(dec, expect)
@@ -194,9 +206,9 @@ def test_tiled_round_trip_16bit(codec):
     dec, h2 = decode_image(codec, enc.data)
     assert h2 == header and dec.shape == img.shape and dec.dtype == np.uint16
     # each tile is exactly the decode of that tile coded alone
-    for (top, left, th, tw), (z, y) in zip(header.tile_boxes(), tiles):
+    for (top, left, th, tw), strings in zip(header.tile_boxes(), tiles):
         alone = encode_image(codec, img[top:top + th, left:left + tw], 3, window=(5000.0, 35000.0), tile=0)
-        assert unpack(alone.data)[1:] == (z, y)
+        assert unpack(alone.data)[1] == strings
         assert np.array_equal(decode_image(codec, alone.data)[0], dec[top:top + th, left:left + tw])
     with pytest.raises(BitstreamError, match="tiled"):
         unpack(enc.data)    # untiled-only readers say so
@@ -239,3 +251,52 @@ def test_guard_keeps_decoding_after_many_tables():
     for _ in range(2):
         for s, sym, cdfs, sizes, offs in streams:
             assert rans_guard.decode_with_indexes(s, [0] * len(sym), cdfs, sizes, offs) == sym
+
+
+def _toy_table(i: int) -> tuple[list, list, list]:
+    p = np.array([1 + i, 2, 3, 4], float)
+    p /= p.sum()
+    f = np.maximum(1, np.round(p * ((1 << 16) - 64))).astype(int)
+    cdf = [0] + [int(v) for v in np.cumsum(f)]
+    cdf.append(cdf[-1] + 1)
+    cdf[-1] = 1 << 16
+    return [cdf], [len(cdf)], [0]
+
+
+def test_guarded_stream_reads_parts_in_turn_and_checks_the_whole():
+    """One BufferedRansEncoder stream of two parts with different tables decodes part by part in the helper;
+    a stream whose parts are read with other tables, or that is left half read, never passes; the
+    helper keeps working after a stream was abandoned, and after its tables were cleared mid-stream."""
+    from compressai import ans
+
+    from fedcodec import rans_guard
+
+    rng = np.random.default_rng(0)
+    a, b = [int(v) for v in rng.integers(0, 4, 150)], [int(v) for v in rng.integers(-3, 9, 300)]  # b escapes
+    enc = ans.BufferedRansEncoder()
+    enc.encode_with_indexes(a, [0] * len(a), *_toy_table(0))
+    enc.encode_with_indexes(b, [0] * len(b), *_toy_table(1))
+    stream = enc.flush()
+
+    def read(string, first_table=0, second_table=1, last=True):
+        with rans_guard.GuardedStream(string) as reader:
+            got_a = reader.decode([0] * len(a), *_toy_table(first_table))
+            return got_a, reader.decode([0] * len(b), *_toy_table(second_table), last=last)
+
+    assert read(stream) == (a, b)
+    with pytest.raises(BitstreamError, match="not what the encoder writes"):
+        read(stream, second_table=2)
+    with pytest.raises(BitstreamError, match="payload is corrupt"):
+        read(stream + b"\x00\x00\x00\x00")
+    with rans_guard.GuardedStream(stream) as reader:   # abandoned after its first part
+        reader.decode([0] * len(a), *_toy_table(0))
+    assert read(stream) == (a, b)
+    # more table sets than the helper keeps, between the two parts of one stream
+    with rans_guard.GuardedStream(stream) as reader:
+        assert reader.decode([0] * len(a), *_toy_table(0)) == a
+        for i in range(3, 3 + rans_guard.MAX_TABLES + 1):
+            cdfs, sizes, offs = _toy_table(i)
+            sym = [1, 2, 3, 0] * 50   # (rANS's buffer holds a word per symbol: no tiny strings)
+            alone = ans.RansEncoder().encode_with_indexes(sym, [0] * len(sym), cdfs, sizes, offs)
+            assert rans_guard.decode_with_indexes(alone, [0] * len(sym), cdfs, sizes, offs) == sym
+        assert reader.decode([0] * len(b), *_toy_table(1), last=True) == b
