@@ -52,3 +52,20 @@ def test_a_draw_that_slides_down_the_curve_counts_as_worse():
     # a refused adaptation is the pretrained codec itself: never worse
     refused = heldout.draw_summary(3, {"points": pre, "kept": 0.0, "selection": "kept"}, pre, hevc)
     assert refused["bd_vs_pretrained"] == 0.0 and not refused["worse"]
+
+
+def test_compare_table_refuses_runs_read_by_another_segmenter():
+    """A compared run whose set was read by another segmenter (e.g. the CT site's earlier one) is not shown as
+    a number beside this run's; the container version of every run is named when it differs."""
+    def run(label, segmenter, bd, container):
+        s = _set([16] * 5)
+        s["segmenter"] = segmenter
+        s["codecs"]["pretrained"]["bd_rate_vs_hevc"] = bd
+        return {"label": label, "sets": [s], "container_version": container}
+
+    this = run("now", {"crop": 256, "steps": 3000}, -10.0, 3)
+    lines = heldout.compare_markdown(this, [run("same", {"crop": 256, "steps": 3000}, -5.0, 3),
+                                            run("old", {"crop": 512, "steps": 1500}, 99.0, 2)])
+    row = next(line for line in lines if line.startswith("| h1 | pretrained"))
+    assert "-10.0 %" in row and "-5.0 %" in row and "other segmenter" in row and "+99.0" not in row
+    assert "`old` 2" in lines[1] and "`same` 3" not in lines[1]
