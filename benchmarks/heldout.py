@@ -71,6 +71,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "counterfactual are added")
     p.add_argument("--select", default="crossfold", choices=("holdout", "crossfold"), help="how adapt chooses "
                    "(fedcodec adapt --select; the scoreboards before 2026-11-28 used holdout)")
+    p.add_argument("--groups", default="", help="parameter groups adapt trains (fedcodec adapt --groups; default: "
+                   "AdaptConfig's)")
     p.add_argument("--draws", type=int, default=4, help="K=1 is repeated with each of the first DRAWS shots "
                    "(one shot cannot speak for a site: 'never worse than the pretrained codec' is checked on each)")
     p.add_argument("--quick", action="store_true", help="4 images, 100 segmenter steps; no BENCHMARKS.md")
@@ -175,10 +177,19 @@ def hyper_share(codec, samples) -> list[dict]:
     return rows
 
 
+def _adapt_config(args):
+    """The scoreboard's adaptation: ``fedcodec adapt``'s defaults, with ``--select`` and ``--groups``."""
+    from fedcodec.adapt import AdaptConfig
+    from fedcodec.run_config import parse_groups
+
+    extra = {"groups": parse_groups(args.groups)} if args.groups else {}
+    return AdaptConfig(device="cpu", select=args.select, **extra)
+
+
 def run_set(name: str, codec, args, out: Path) -> dict:
     from rate_task import add_bits_at_target
 
-    from fedcodec.adapt import AdaptConfig, adapt
+    from fedcodec.adapt import adapt
     from fedcodec.evaluate import add_bd_rates, evaluate_anchor, evaluate_codec, plot_results, uncompressed_dice
 
     data = {"ct": _ct_set, "mr": _mr_set}[name](args.n) if name in ("ct", "mr") else \
@@ -213,7 +224,7 @@ def run_set(name: str, codec, args, out: Path) -> dict:
         # the site's unannotated scans: its archive (the segmenter's images) without the K shots, 8 of them
         used = {s.name for s in group}
         unlabeled = [s for s in train if s.name not in used][:8] if args.unlabeled else None
-        r = adapt(adapted, seg, group, AdaptConfig(device="cpu", select=args.select), unlabeled=unlabeled)
+        r = adapt(adapted, seg, group, _adapt_config(args), unlabeled=unlabeled)
         entry = {"points": evaluate_codec(adapted, seg, heldout), "kind": "learned", "selection": r.reason,
                  "kept": r.metrics.get("kept"), "unlabeled": len(unlabeled or []), "shots": [s.name for s in group]}
         if first == 0:
@@ -409,7 +420,7 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     results = {"label": args.label or (Path(args.model).name if args.model else "embedded default"),
                "model_id": codec.identity_hash()[:12], "config": codec.config, "select": args.select,
-               "container_version": FORMAT_VERSION,
+               "container_version": FORMAT_VERSION, "adapt_groups": list(_adapt_config(args).groups),
                "date": time.strftime("%Y-%m-%d"), "commit": _git_commit(), "command": command_line(),
                "segmenter": f"{args.segmenter_arch} {args.segmenter_features} seed {args.segmenter_seed}, "
                             f"{args.segmenter_steps} steps",

@@ -38,6 +38,11 @@ VARIANTS = {
     "new": {**OLD_WEIGHTS, "prox_mu": 30.0, "task_tolerance": 0.0},
     "recipe": {"prox_mu": 0.0, "task_tolerance": 0.0},
     "recipe_p30": {"prox_mu": 30.0, "task_tolerance": 0.0},                    # = AdaptConfig() now
+    # 2026-11-28, the real CT read by a working site segmenter: K=1 shots 0 and 2 passed every check and hurt
+    "default": {},
+    "policy_only": {"groups": ("policy",)},        # the bit-allocation head alone (9,001 parameters)
+    "adapters_only": {"groups": ("adapters",)},    # the synthesis adapters and feature head alone
+    "prox100": {"prox_mu": 100.0},                 # a three times stronger pull towards the start
 }
 
 
