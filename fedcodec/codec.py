@@ -481,8 +481,7 @@ class SemanticCodec(CompressionModel):
         """
         if len(strings) == 2:
             q = self._quality_tensor(quality, len(strings[1]), self.log_gain.device)
-            z_strings = list(strings[1])
-            z_hat = self._decode_z(z_strings, shape, q)
+            z_hat = self._decode_z(strings[1], shape, q)
             medians = self._z_medians()
             zg = self._z_gain(q)
             z_symbols = torch.round((z_hat * zg if zg is not None else z_hat) - medians)
