@@ -71,6 +71,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "counterfactual are added")
     p.add_argument("--select", default="crossfold", choices=("holdout", "crossfold"), help="how adapt chooses "
                    "(fedcodec adapt --select; the scoreboards before 2026-11-28 used holdout)")
+    p.add_argument("--candidates", default=None, help="group sets adapt's selection compares (fedcodec adapt "
+                   "--candidates, e.g. policy+adapters,policy; '' = --groups alone; default: adapt's)")
     p.add_argument("--groups", default="", help="parameter groups adapt trains (fedcodec adapt --groups; default: "
                    "AdaptConfig's)")
     p.add_argument("--draws", type=int, default=4, help="K=1 is repeated with each of the first DRAWS shots "
@@ -180,9 +182,11 @@ def hyper_share(codec, samples) -> list[dict]:
 def _adapt_config(args):
     """The scoreboard's adaptation: ``fedcodec adapt``'s defaults, with ``--select`` and ``--groups``."""
     from fedcodec.adapt import AdaptConfig
-    from fedcodec.run_config import parse_groups
+    from fedcodec.run_config import parse_candidates, parse_groups
 
-    extra = {"groups": parse_groups(args.groups)} if args.groups else {}
+    extra = {"groups": parse_groups(args.groups), "candidates": ()} if args.groups else {}
+    if args.candidates is not None:
+        extra["candidates"] = parse_candidates(args.candidates)
     return AdaptConfig(device="cpu", select=args.select, **extra)
 
 
@@ -226,7 +230,7 @@ def run_set(name: str, codec, args, out: Path) -> dict:
         unlabeled = [s for s in train if s.name not in used][:8] if args.unlabeled else None
         r = adapt(adapted, seg, group, _adapt_config(args), unlabeled=unlabeled)
         entry = {"points": evaluate_codec(adapted, seg, heldout), "kind": "learned", "selection": r.reason,
-                 "kept": r.metrics.get("kept"), "unlabeled": len(unlabeled or []), "shots": [s.name for s in group]}
+                 "kept": r.metrics.get("kept"), "trained": list(r.trained), "unlabeled": len(unlabeled or []), "shots": [s.name for s in group]}
         if first == 0:
             res["codecs"][f"K{k}"] = entry
         if k == 1:
@@ -272,7 +276,7 @@ def draw_summary(shot: int, entry: dict, pretrained: list[dict], hevc: list[dict
     worse = (vs_pre is None or vs_pre > WORSE_BD) or top < top_pre - WORSE_TOP_DICE
     return {"shot": shot, "kept": entry.get("kept"), "bd_vs_pretrained": vs_pre, "bd_vs_hevc": bd_dice(hevc, pts),
             "top_dice": top, "pretrained_top_dice": top_pre, "worse": bool(worse and entry.get("kept")),
-            "selection": entry["selection"]}
+            "trained": entry.get("trained", []), "selection": entry["selection"]}
 
 
 def side_info_counterfactual(result_set: dict, other_set: dict) -> dict[str, float]:
@@ -421,6 +425,7 @@ def main(argv: list[str] | None = None) -> int:
     results = {"label": args.label or (Path(args.model).name if args.model else "embedded default"),
                "model_id": codec.identity_hash()[:12], "config": codec.config, "select": args.select,
                "container_version": FORMAT_VERSION, "adapt_groups": list(_adapt_config(args).groups),
+               "adapt_candidates": [list(c) for c in _adapt_config(args).candidates],
                "date": time.strftime("%Y-%m-%d"), "commit": _git_commit(), "command": command_line(),
                "segmenter": f"{args.segmenter_arch} {args.segmenter_features} seed {args.segmenter_seed}, "
                             f"{args.segmenter_steps} steps",

@@ -122,6 +122,14 @@ class AdaptConfig:
     # bought with fewer bits must not cost the diagnosis at the high-quality end (none by default; the CT site's
     # 2 % rise came with a lower top-quality Dice on its other slices)
     task_tolerance: float = 0.0
+    # Group sets the selection compares (empty = ``groups`` alone; sets not within ``groups`` are skipped, so
+    # ``groups=("policy",)`` trains the policy head alone): each is trained and judged on the folds, and of those
+    # that pass the one whose held-out task loss at equal rate falls most is kept (pick_candidate). Both groups,
+    # then the policy head alone: on 32 K=1 draws (h1, unseen, CT, MR; shots 0-7) 1 left its site worse (+4.4 %,
+    # MR) where both groups alone left 2 (CT, +95 % and +44 %) and the policy head alone 3
+    # (benchmarks/results/heldout/experiment_adapt_candidates.json). Twice the selection time. Without a held-out
+    # selection (select "none", DP) only ``groups`` trains.
+    candidates: tuple[tuple[str, ...], ...] = (("policy", "adapters"), ("policy",))
     device: str = "auto"              # where training runs: auto (CUDA when present), cpu, cuda
 
 
@@ -137,6 +145,7 @@ class AdaptResult:
     metrics: dict[str, float]
     dp_history: list = field(default_factory=list)
     reason: str = ""   # what adaptation chose and why (held-out selection)
+    trained: tuple[str, ...] = ()   # the groups that trained (empty: none, the starting subset was kept)
 
 
 def loss_weights(config: AdaptConfig, codec: SemanticCodec) -> LossWeights:
@@ -383,6 +392,11 @@ def adapt(codec: SemanticCodec, task_net: torch.nn.Module, samples: Sequence[Sam
     chosen and why (``selected_steps``, ``heldout_start``, ``heldout_best``, ``equal_rate_task_ratio``,
     ``kept`` = 1 adapted / 0 fallback).
 
+    ``config.candidates`` (default: both groups, then the policy head alone): the selection above runs for each
+    group set in turn, and of those that keep an adaptation the one with the lowest held-out task loss at equal
+    rate is trained on the whole shots (:func:`pick_candidate`); ``result.trained`` names it, ``reason`` says
+    what each candidate's selection found.
+
     ``unlabeled``: the site's unannotated scans (samples, or ``(N, 1, H, W)`` images in [0, 1]); with them the
     selection also refuses an adaptation that makes the task network read them, decoded at the top quality,
     less like their uncompressed originals (:func:`consistency_targets`) by more than ``task_tolerance``: one
@@ -403,11 +417,16 @@ def adapt(codec: SemanticCodec, task_net: torch.nn.Module, samples: Sequence[Sam
     if split is None:
         result = train_subset(codec, task_net, (images, masks), config, global_state, dp_history, progress)
         result.metrics.update(selected_steps=float(config.steps), kept=1.0)
+        result.trained = tuple(config.groups)
         return result
     tr_x, tr_m, va_x, va_m = split
     # "crossfold": the two halves swap roles in a second fold; one half of one shot is a noisy judge
     folds = [split] + ([(va_x, va_m, tr_x, tr_m)] if config.select == "crossfold" else [])
     initial = codec.group_state_dict(config.groups)
+    for c in config.candidates:
+        if not c or set(c) - set(ADAPTABLE_GROUPS):
+            raise ValueError(f"adaptation candidate {c} is not a non-empty set of the groups {ADAPTABLE_GROUPS}")
+    candidates = [tuple(c) for c in config.candidates if set(c) <= set(config.groups)] or [tuple(config.groups)]
     top = max(config.qualities or range(codec.num_qualities))
     guard_names = ["top-quality task loss", "task loss at equal rate (ratio)"]
     if unlabeled is not None:
@@ -426,23 +445,33 @@ def adapt(codec: SemanticCodec, task_net: torch.nn.Module, samples: Sequence[Sam
             values = (*values, top_quality_task_loss(codec, task_net, ux, ut, top))
         return values, curve
 
-    fold_results = []
-    for fold_x, fold_m, check_x, check_m in folds:
-        fold_results.append(_fold_checks(codec, task_net, (fold_x, fold_m), partial(measure, check_x, check_m),
-                                         config, global_state))
-        codec.load_group_state_dict(initial, config.groups)
-    base, checks = combine_folds(fold_results)
-    best_step, why = choose_steps(base, checks, config.min_gain, config.task_tolerance, guard_names)
-    if len(folds) > 1:
-        why = f"{len(folds)} folds (each half of the shots judges training on the other), relative to the start: {why}"
+    outcomes = []
+    for groups in candidates:
+        trial = dataclasses.replace(config, groups=groups)
+        fold_results = []
+        for fold_x, fold_m, check_x, check_m in folds:
+            fold_results.append(_fold_checks(codec, task_net, (fold_x, fold_m), partial(measure, check_x, check_m),
+                                             trial, global_state))
+            codec.load_group_state_dict(initial, config.groups)
+        base, checks = combine_folds(fold_results)
+        best_step, why = choose_steps(base, checks, config.min_gain, config.task_tolerance, guard_names)
+        if len(folds) > 1:
+            why = f"{len(folds)} folds (each half of the shots judges training on the other), relative to the start: {why}"
+        chosen = next(c for c in checks if c[0] == best_step) if best_step > 0 else None
+        outcomes.append((groups, base, checks, best_step, chosen, why))
+    groups, base, checks, best_step, chosen, why = pick_candidate(outcomes)
+    if len(outcomes) > 1:
+        why = "; ".join(f"{'+'.join(o[0])}: {o[5]}" for o in outcomes) + \
+            (f" -> kept {'+'.join(groups)} (the lowest held-out task loss at equal rate)" if best_step > 0 else "")
     keep = best_step > 0
-    chosen = next(c for c in checks if c[0] == best_step) if keep else None
-    best = chosen[1] if keep else min((c[1] for c in checks), default=math.inf)
+    best = chosen[1] if keep else min((c[1] for o in outcomes for c in o[2]), default=math.inf)
     if progress:
         log.info("adapt selection: %s", why)
     if keep:
-        final = dataclasses.replace(config, steps=best_step)
+        final = dataclasses.replace(config, steps=best_step, groups=groups)
         result = train_subset(codec, task_net, (images, masks), final, global_state, dp_history, progress)
+        result.state = _host(codec.group_state_dict(config.groups))
+        result.trained = groups
     else:
         codec.update(force=True)
         result = AdaptResult(_host(codec.group_state_dict(config.groups)),
@@ -454,6 +483,22 @@ def adapt(codec: SemanticCodec, task_net: torch.nn.Module, samples: Sequence[Sam
                           **({"consistency_start": base[3]} if len(base) > 3 else {}))
     result.reason = why
     return result
+
+
+def pick_candidate(outcomes: Sequence[tuple]) -> tuple:
+    """The candidate to keep from ``(groups, base, checks, best_step, chosen_check, why)`` per candidate: among
+    those whose selection kept an adaptation (``best_step > 0``), the one whose held-out task loss at equal rate
+    (the chosen check's ratio, :func:`equal_rate_task_ratio`) is lowest, the first listed on a tie; the first
+    candidate when none kept one.
+
+    Why that measure and not the objective the steps were chosen by: the objective mixes rate, distortion and
+    task loss per quality, so a candidate can lower it by moving along the curve; the equal-rate ratio is the
+    held-out analogue of the BD-rate (Dice) a site is judged by. On the real CT's K=1 shots adapting the
+    adapters too lowered the objective more than the policy head alone (0.956 against 0.989) and then needed 95 %
+    more bits at equal Dice on the other slices; the policy head alone had the lower ratio (0.83 against 0.91)
+    and saved 65 % (benchmarks/results/heldout/experiment_adapt_candidates.json)."""
+    kept = [o for o in outcomes if o[3] > 0]
+    return min(kept, key=lambda o: o[4][3]) if kept else outcomes[0]
 
 
 def train_subset(codec: SemanticCodec, task_net: torch.nn.Module,

@@ -91,7 +91,8 @@ class _HelpFormatter(argparse.HelpFormatter):
         value = config_default(*source)
         if value is None:   # the help text says where the value comes from (e.g. the codec file)
             return action.help
-        value = ",".join(value) if isinstance(value, tuple) else value
+        if isinstance(value, tuple):   # groups ("policy,adapters") or group sets ("policy+adapters,policy")
+            value = ",".join("+".join(v) if isinstance(v, tuple) else v for v in value)
         return f"{action.help or ''} (default: {value})".lstrip()
 
 
@@ -293,6 +294,9 @@ def build_parser() -> argparse.ArgumentParser:
     _config_flag(p, "--steps", ADAPT, type=int)
     _config_flag(p, "--lr", ADAPT, type=float, help="learning rate (Adam)")
     _config_flag(p, "--groups", ADAPT, help="comma-separated parameter groups to train")
+    _config_flag(p, "--candidates", ADAPT, help="group sets the held-out selection compares, joined by '+': each "
+                 "is trained and judged on the folds, the one whose held-out task loss at equal rate falls most is "
+                 "kept ('' = --groups alone)")
     _config_flag(p, "--lambda-d", ADAPT, type=float, help="distortion weight of the loss (default: the codec's "
                  "own, from its file's training record; else 0.0002)")
     _config_flag(p, "--lambda-t", ADAPT, type=float, help="task-loss weight of the loss (default: the codec's own; "
@@ -501,7 +505,7 @@ def adapt_config_from_args(args: argparse.Namespace) -> Any:
     """The :class:`~fedcodec.adapt.AdaptConfig` of ``fedcodec adapt``: the flags given, AdaptConfig's and
     DPConfig's defaults for the rest."""
     from fedcodec.adapt import AdaptConfig, dp_config
-    from fedcodec.run_config import parse_groups
+    from fedcodec.run_config import parse_candidates, parse_groups
 
     kw = _given(args, ("steps", "lr", "lambda_d", "lambda_t", "seed", "prox_mu", "select", "device"))
     if hasattr(args, "groups"):
@@ -509,6 +513,17 @@ def adapt_config_from_args(args: argparse.Namespace) -> Any:
             kw["groups"] = parse_groups(args.groups)
         except ValueError as exc:
             raise _usage(f"--groups: {exc}") from None
+    if hasattr(args, "candidates"):
+        try:
+            kw["candidates"] = parse_candidates(args.candidates)
+        except ValueError as exc:
+            raise _usage(f"--candidates: {exc}") from None
+        if "groups" in kw and kw["candidates"]:
+            extra = {g for c in kw["candidates"] for g in c} - set(kw["groups"])
+            if extra:
+                raise _usage(f"--candidates names groups that --groups does not train: {', '.join(sorted(extra))}")
+    elif "groups" in kw:
+        kw["candidates"] = ()   # --groups alone: train exactly those
     dp = dp_config(args.dp_noise > 0, args.dp_noise, **_given(args, ("max_grad_norm", "delta")))
     return AdaptConfig(**kw, dp=dp)
 
@@ -540,7 +555,8 @@ def cmd_adapt(args: argparse.Namespace) -> None:
         raise RuntimeError("base codec changed during adaptation")
     record = {"command": "adapt", "model": args.model or "embedded default", "task": args.task or "embedded default",
               "data": str(args.data), "samples": [s.name for s in samples], "config": config_dict(config),
-              "metrics": result.metrics, "selection": result.reason, "base_id": base_id,
+              "metrics": result.metrics, "selection": result.reason, "trained": list(result.trained),
+              "base_id": base_id,
               "unlabeled": [u.name for u in unlabeled] if unlabeled else []}
     out = check_new_output(out, args.overwrite)
     save_codec(codec, out, meta={"adapt": record}, overwrite=True)

@@ -138,6 +138,17 @@ def parse_loss_weights(value: str) -> str:
     return value
 
 
+def parse_candidates(value: str) -> tuple[tuple[str, ...], ...]:
+    """``"policy+adapters,policy"`` -> ``(("policy", "adapters"), ("policy",))``: group sets separated by commas,
+    the groups of one set joined by ``+`` (``""`` = none: adapt trains its ``groups`` alone)."""
+    return tuple(parse_groups(c.replace("+", ",")) for c in str(value).split(",") if c.strip())
+
+
+def format_candidates(candidates: tuple[tuple[str, ...], ...]) -> str:
+    """The inverse of :func:`parse_candidates`."""
+    return ",".join("+".join(c) for c in candidates)
+
+
 def parse_groups(value: str) -> tuple[str, ...]:
     """``"policy,adapters"`` -> ``("policy", "adapters")``."""
     from fedcodec.codec import ADAPTABLE_GROUPS

@@ -148,6 +148,7 @@ def test_adapt_and_export(tmp_path, capsys, tiny_codec_path, tiny_task_path, pha
     base, adapted = load_codec(tiny_codec_path), load_codec(out)
     assert adapted.identity_hash(["base"]) == base.identity_hash(["base"])
     assert adapted.identity_hash() != base.identity_hash()
+    assert record["trained"] in (["policy", "adapters"], ["policy"])   # adapt's default candidates
     subset = tmp_path / "subset.pt"
     torch.save(adapted.group_state_dict(), subset)
     code, _, err = run(capsys, "export", "--model", tiny_codec_path, "--subset", subset, "--out",

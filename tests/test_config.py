@@ -99,6 +99,24 @@ def test_cli_adapt_flags_have_no_defaults_of_their_own():
         [8.0, 4.0, 2.0, 1.0]
 
 
+def test_cli_adapt_candidates(capsys):
+    from fedcodec.cli import main
+    from fedcodec.run_config import format_candidates, parse_candidates
+
+    parser = build_parser()
+    base = ["adapt", "--data", "d", "--shots", "1", "--out", "o.pt"]
+    config = adapt_config_from_args(parser.parse_args(base + ["--candidates", "policy+adapters,policy"]))
+    assert config.candidates == (("policy", "adapters"), ("policy",))
+    assert format_candidates(config.candidates) == "policy+adapters,policy"
+    assert parse_candidates("") == ()
+    # --groups alone trains exactly those groups; candidates outside --groups are refused
+    assert adapt_config_from_args(parser.parse_args(base + ["--groups", "policy"])).candidates == ()
+    assert main(["-q", *base, "--groups", "policy", "--candidates", "policy+adapters"]) == 2
+    assert "--candidates names groups that --groups does not train: adapters" in capsys.readouterr().err
+    assert main(["-q", *base, "--candidates", "policy+base"]) == 2
+    assert "--candidates" in capsys.readouterr().err
+
+
 def test_cli_adapt_rejects_unknown_groups(capsys):
     from fedcodec.cli import main
 

@@ -354,12 +354,50 @@ def test_crossfold_selection_averages_the_two_folds_relative_to_their_starts(tas
 
     codec = make_tiny_codec(0)
     before = {k: v.clone() for k, v in codec.state_dict().items()}
-    result = adapt(codec, task_net, shots[:1], AdaptConfig(steps=10, lr=1e-2, check_every=5, select="crossfold"))
+    result = adapt(codec, task_net, shots[:1], AdaptConfig(steps=10, lr=1e-2, check_every=5, select="crossfold",
+                                                           candidates=()))
     assert result.reason.startswith("2 folds")
     changed = any(not torch.equal(before[k], v) for k, v in codec.state_dict().items())
     assert changed == bool(result.metrics["kept"])   # refused: exactly as it was; kept: trained on the whole shot
     with pytest.raises(ValueError, match="unknown adaptation selection"):
         adapt(make_tiny_codec(0), task_net, shots[:1], AdaptConfig(steps=2, select="twofold"))
+
+
+def test_pick_candidate_keeps_the_lowest_task_loss_at_equal_rate_among_the_kept():
+    from fedcodec.adapt import pick_candidate
+
+    both, policy = ("policy", "adapters"), ("policy",)
+    base = (1.0, 1.0, 1.0)
+    # both lowered the objective more (0.95 against 0.99) but policy is better at equal rate (0.83 against 0.91)
+    a = (both, base, [], 30, (30, 0.95, 0.93, 0.91), "a")
+    b = (policy, base, [], 50, (50, 0.99, 0.99, 0.83), "b")
+    assert pick_candidate([a, b])[0] == policy
+    assert pick_candidate([a, (policy, base, [], 0, None, "refused")])[0] == both   # only kept ones compete
+    none = [(both, base, [], 0, None, "x"), (policy, base, [], 0, None, "y")]
+    assert pick_candidate(none)[3] == 0 and pick_candidate(none)[0] == both
+    assert pick_candidate([a, (policy, base, [], 10, (10, 0.9, 0.9, 0.91), "tie")])[0] == both   # first on a tie
+
+
+def test_adapt_compares_candidate_group_sets_and_trains_only_the_chosen_one(task_net, shots):
+    assert AdaptConfig().candidates == (("policy", "adapters"), ("policy",))
+    codec = make_tiny_codec(0)
+    before = {k: v.clone() for k, v in codec.state_dict().items()}
+    config = AdaptConfig(steps=10, lr=3e-2, check_every=5, prox_mu=0.0)   # the default candidates
+    result = adapt(codec, task_net, shots[:1], config)
+    assert result.reason.startswith("policy+adapters: 2 folds") and "; policy: 2 folds" in result.reason
+    assert set(result.state) == set(codec.group_state_dict(config.groups))   # the whole subset travels
+    changed = {group_of(k) for k in before if not torch.equal(before[k], codec.state_dict()[k])
+               and not k.endswith(("_quantized_cdf", "_offset", "_cdf_length"))}
+    if result.metrics["kept"]:
+        assert result.trained in config.candidates and changed == set(result.trained)
+        assert f"kept {'+'.join(result.trained)}" in result.reason
+    else:
+        assert result.trained == () and not changed
+    with pytest.raises(ValueError, match="not a non-empty set of the groups"):
+        adapt(make_tiny_codec(0), task_net, shots[:1], AdaptConfig(steps=2, candidates=(("policy", "base"),)))
+    # candidates outside the configured groups are skipped: groups=("policy",) trains the policy head alone
+    alone = adapt(make_tiny_codec(0), task_net, shots[:1], AdaptConfig(steps=4, check_every=2, groups=("policy",)))
+    assert alone.reason.startswith("2 folds") and alone.trained in ((), ("policy",))
 
 
 def test_adapt_that_cannot_help_leaves_the_codec_exactly_as_it_was(task_net, shots):
