@@ -36,6 +36,7 @@ import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import partial
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -413,6 +414,9 @@ def adapt(codec: SemanticCodec, task_net: torch.nn.Module, samples: Sequence[Sam
     images, masks = images.to(device), masks.to(device)
     if config.select not in SELECTIONS:
         raise ValueError(f"unknown adaptation selection {config.select!r}; use one of {SELECTIONS}")
+    for c in config.candidates:
+        if not c or set(c) - set(ADAPTABLE_GROUPS):
+            raise ValueError(f"adaptation candidate {c} is not a non-empty set of the groups {ADAPTABLE_GROUPS}")
     split = spatial_holdout(images, masks) if config.select != "none" and config.dp is None else None
     if split is None:
         result = train_subset(codec, task_net, (images, masks), config, global_state, dp_history, progress)
@@ -423,9 +427,6 @@ def adapt(codec: SemanticCodec, task_net: torch.nn.Module, samples: Sequence[Sam
     # "crossfold": the two halves swap roles in a second fold; one half of one shot is a noisy judge
     folds = [split] + ([(va_x, va_m, tr_x, tr_m)] if config.select == "crossfold" else [])
     initial = codec.group_state_dict(config.groups)
-    for c in config.candidates:
-        if not c or set(c) - set(ADAPTABLE_GROUPS):
-            raise ValueError(f"adaptation candidate {c} is not a non-empty set of the groups {ADAPTABLE_GROUPS}")
     candidates = [tuple(c) for c in config.candidates if set(c) <= set(config.groups)] or [tuple(config.groups)]
     top = max(config.qualities or range(codec.num_qualities))
     guard_names = ["top-quality task loss", "task loss at equal rate (ratio)"]
@@ -458,13 +459,13 @@ def adapt(codec: SemanticCodec, task_net: torch.nn.Module, samples: Sequence[Sam
         if len(folds) > 1:
             why = f"{len(folds)} folds (each half of the shots judges training on the other), relative to the start: {why}"
         chosen = next(c for c in checks if c[0] == best_step) if best_step > 0 else None
-        outcomes.append((groups, base, checks, best_step, chosen, why))
-    groups, base, checks, best_step, chosen, why = pick_candidate(outcomes)
+        outcomes.append(CandidateOutcome(groups, base, checks, best_step, chosen, why))
+    groups, base, _, best_step, chosen, why = pick_candidate(outcomes)
     if len(outcomes) > 1:
-        why = "; ".join(f"{'+'.join(o[0])}: {o[5]}" for o in outcomes) + \
+        why = "; ".join(f"{'+'.join(o.groups)}: {o.why}" for o in outcomes) + \
             (f" -> kept {'+'.join(groups)} (the lowest held-out task loss at equal rate)" if best_step > 0 else "")
     keep = best_step > 0
-    best = chosen[1] if keep else min((c[1] for o in outcomes for c in o[2]), default=math.inf)
+    best = chosen[1] if keep else min((c[1] for o in outcomes for c in o.checks), default=math.inf)
     if progress:
         log.info("adapt selection: %s", why)
     if keep:
@@ -485,11 +486,21 @@ def adapt(codec: SemanticCodec, task_net: torch.nn.Module, samples: Sequence[Sam
     return result
 
 
-def pick_candidate(outcomes: Sequence[tuple]) -> tuple:
-    """The candidate to keep from ``(groups, base, checks, best_step, chosen_check, why)`` per candidate: among
-    those whose selection kept an adaptation (``best_step > 0``), the one whose held-out task loss at equal rate
-    (the chosen check's ratio, :func:`equal_rate_task_ratio`) is lowest, the first listed on a tie; the first
-    candidate when none kept one.
+class CandidateOutcome(NamedTuple):
+    """What the held-out selection found for one candidate group set (:func:`choose_steps`'s inputs and answer)."""
+
+    groups: tuple[str, ...]
+    base: tuple[float, ...]                  # the starting codec's (objective, guards...)
+    checks: list[tuple[float, ...]]          # (step, objective, guards...) per check
+    steps: int                               # the step count kept; 0 = refused
+    chosen: tuple[float, ...] | None         # the kept check (its ratio is chosen[3])
+    why: str
+
+
+def pick_candidate(outcomes: Sequence[CandidateOutcome]) -> CandidateOutcome:
+    """The candidate to keep: among those whose selection kept an adaptation (``steps > 0``), the one whose
+    held-out task loss at equal rate (the chosen check's ratio, :func:`equal_rate_task_ratio`) is lowest, the first
+    listed on a tie; the first candidate when none kept one.
 
     Why that measure and not the objective the steps were chosen by: the objective mixes rate, distortion and
     task loss per quality, so a candidate can lower it by moving along the curve; the equal-rate ratio is the
@@ -497,8 +508,8 @@ def pick_candidate(outcomes: Sequence[tuple]) -> tuple:
     adapters too lowered the objective more than the policy head alone (0.956 against 0.989) and then needed 95 %
     more bits at equal Dice on the other slices; the policy head alone had the lower ratio (0.83 against 0.91)
     and saved 65 % (benchmarks/results/heldout/experiment_adapt_candidates.json)."""
-    kept = [o for o in outcomes if o[3] > 0]
-    return min(kept, key=lambda o: o[4][3]) if kept else outcomes[0]
+    kept = [o for o in outcomes if o.steps > 0]
+    return min(kept, key=lambda o: o.chosen[3]) if kept else outcomes[0]
 
 
 def train_subset(codec: SemanticCodec, task_net: torch.nn.Module,

@@ -364,18 +364,19 @@ def test_crossfold_selection_averages_the_two_folds_relative_to_their_starts(tas
 
 
 def test_pick_candidate_keeps_the_lowest_task_loss_at_equal_rate_among_the_kept():
+    from fedcodec.adapt import CandidateOutcome as C
     from fedcodec.adapt import pick_candidate
 
     both, policy = ("policy", "adapters"), ("policy",)
     base = (1.0, 1.0, 1.0)
     # both lowered the objective more (0.95 against 0.99) but policy is better at equal rate (0.83 against 0.91)
-    a = (both, base, [], 30, (30, 0.95, 0.93, 0.91), "a")
-    b = (policy, base, [], 50, (50, 0.99, 0.99, 0.83), "b")
-    assert pick_candidate([a, b])[0] == policy
-    assert pick_candidate([a, (policy, base, [], 0, None, "refused")])[0] == both   # only kept ones compete
-    none = [(both, base, [], 0, None, "x"), (policy, base, [], 0, None, "y")]
-    assert pick_candidate(none)[3] == 0 and pick_candidate(none)[0] == both
-    assert pick_candidate([a, (policy, base, [], 10, (10, 0.9, 0.9, 0.91), "tie")])[0] == both   # first on a tie
+    a = C(both, base, [], 30, (30, 0.95, 0.93, 0.91), "a")
+    b = C(policy, base, [], 50, (50, 0.99, 0.99, 0.83), "b")
+    assert pick_candidate([a, b]).groups == policy
+    assert pick_candidate([a, C(policy, base, [], 0, None, "refused")]).groups == both   # only kept ones compete
+    none = [C(both, base, [], 0, None, "x"), C(policy, base, [], 0, None, "y")]
+    assert pick_candidate(none).steps == 0 and pick_candidate(none).groups == both
+    assert pick_candidate([a, C(policy, base, [], 10, (10, 0.9, 0.9, 0.91), "tie")]).groups == both   # first on a tie
 
 
 def test_adapt_compares_candidate_group_sets_and_trains_only_the_chosen_one(task_net, shots):
