@@ -463,7 +463,8 @@ def adapt(codec: SemanticCodec, task_net: torch.nn.Module, samples: Sequence[Sam
     groups, base, _, best_step, chosen, why = pick_candidate(outcomes)
     if len(outcomes) > 1:
         why = "; ".join(f"{'+'.join(o.groups)}: {o.why}" for o in outcomes) + \
-            (f" -> kept {'+'.join(groups)} (the lowest held-out task loss at equal rate)" if best_step > 0 else "")
+            (f" -> kept {'+'.join(groups)} (the lowest held-out task loss at equal rate)" if best_step > 0
+             else " -> no candidate helped: the pretrained subset stays")
     keep = best_step > 0
     best = chosen[1] if keep else min((c[1] for o in outcomes for c in o.checks), default=math.inf)
     if progress:

@@ -393,7 +393,7 @@ def test_adapt_compares_candidate_group_sets_and_trains_only_the_chosen_one(task
         assert result.trained in config.candidates and changed == set(result.trained)
         assert f"kept {'+'.join(result.trained)}" in result.reason
     else:
-        assert result.trained == () and not changed
+        assert result.trained == () and not changed and result.reason.endswith("the pretrained subset stays")
     with pytest.raises(ValueError, match="not a non-empty set of the groups"):
         adapt(make_tiny_codec(0), task_net, shots[:1], AdaptConfig(steps=2, candidates=(("policy", "base"),)))
     # candidates outside the configured groups are skipped: groups=("policy",) trains the policy head alone
