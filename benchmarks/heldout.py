@@ -143,6 +143,19 @@ def _mr_set(n: int):
 SEGMENTER_SETTINGS = {"ct": {"crop": 256, "batch_size": 4, "steps": 3000}}
 
 
+def site_segmenter(name: str, train: list, args) -> tuple[Any, dict]:
+    """Set ``name``'s own segmenter, trained on ``train`` once and cached in ``args.segmenters`` (default
+    benchmarks/results/heldout/segmenters) under a name that says how it was trained, and its settings beside
+    the defaults (:data:`SEGMENTER_SETTINGS`; ``--quick`` keeps the default step count)."""
+    settings = dict(SEGMENTER_SETTINGS.get(name, {}))
+    if args.quick:
+        settings.pop("steps", None)
+    cache = Path(args.segmenters or DEFAULT_OUT / "segmenters") / (
+        f"{name}_{args.segmenter_arch}{args.segmenter_features.replace(',', '-')}_{args.segmenter_seed}_"
+        f"{args.segmenter_steps}_{len(train)}{''.join(f'_{k}{v}' for k, v in settings.items())}.pt")
+    return _segmenter(train, args, cache, settings), settings
+
+
 def _segmenter(train, args, cache: Path, settings: dict | None = None):
     """The hospital's own segmenter, trained on its uncompressed images (cached by set and settings)."""
     from fedcodec.data import padded_arrays
@@ -180,14 +193,12 @@ def hyper_share(codec, samples) -> list[dict]:
 
 
 def _adapt_config(args):
-    """The scoreboard's adaptation: ``fedcodec adapt``'s defaults, with ``--select`` and ``--groups``."""
+    """The scoreboard's adaptation: ``fedcodec adapt``'s defaults, with ``--select``, ``--groups`` and
+    ``--candidates`` read as ``fedcodec adapt`` reads them."""
     from fedcodec.adapt import AdaptConfig
-    from fedcodec.run_config import parse_candidates, parse_groups
+    from fedcodec.run_config import adapt_groups
 
-    extra = {"groups": parse_groups(args.groups), "candidates": ()} if args.groups else {}
-    if args.candidates is not None:
-        extra["candidates"] = parse_candidates(args.candidates)
-    return AdaptConfig(device="cpu", select=args.select, **extra)
+    return AdaptConfig(device="cpu", select=args.select, **adapt_groups(args.groups or None, args.candidates))
 
 
 def run_set(name: str, codec, args, out: Path) -> dict:
@@ -203,16 +214,11 @@ def run_set(name: str, codec, args, out: Path) -> dict:
         return {"set": name, "skipped": f"run `fedcodec datasets fetch {dataset}` first"}
     train, shots, heldout = data
     t0 = time.perf_counter()
-    settings = dict(SEGMENTER_SETTINGS.get(name, {}))
-    if args.quick:
-        settings.pop("steps", None)
-    seg = _segmenter(train, args, Path(args.segmenters) /
-                     f"{name}_{args.segmenter_arch}{args.segmenter_features.replace(',', '-')}_{args.segmenter_seed}_"
-                     f"{args.segmenter_steps}_{len(train)}{''.join(f'_{k}{v}' for k, v in settings.items())}.pt",
-                     settings)
+    seg, settings = site_segmenter(name, train, args)
     res: dict[str, Any] = {"set": name, "images": len(heldout), "segmenter": {
         "arch": args.segmenter_arch, "features": args.segmenter_features, "seed": args.segmenter_seed,
-        "train_images": len(train), "steps": args.segmenter_steps, **settings}, "uncompressed_dice": uncompressed_dice(seg, heldout), "codecs": {}}
+        "train_images": len(train), "steps": args.segmenter_steps, **settings},
+        "uncompressed_dice": uncompressed_dice(seg, heldout), "codecs": {}}
     log.info("%s: own segmenter ready (%.0f s), uncompressed Dice %.3f", name, time.perf_counter() - t0,
              res["uncompressed_dice"])
     for anchor in [a for a in args.anchors.split(",") if a]:
@@ -230,7 +236,8 @@ def run_set(name: str, codec, args, out: Path) -> dict:
         unlabeled = [s for s in train if s.name not in used][:8] if args.unlabeled else None
         r = adapt(adapted, seg, group, _adapt_config(args), unlabeled=unlabeled)
         entry = {"points": evaluate_codec(adapted, seg, heldout), "kind": "learned", "selection": r.reason,
-                 "kept": r.metrics.get("kept"), "trained": list(r.trained), "unlabeled": len(unlabeled or []), "shots": [s.name for s in group]}
+                 "kept": r.metrics.get("kept"), "trained": list(r.trained), "unlabeled": len(unlabeled or []),
+                 "shots": [s.name for s in group]}
         if first == 0:
             res["codecs"][f"K{k}"] = entry
         if k == 1:
@@ -421,11 +428,12 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     codec = load_codec(args.model)
+    adapt_config = _adapt_config(args)
     start = time.perf_counter()
     results = {"label": args.label or (Path(args.model).name if args.model else "embedded default"),
                "model_id": codec.identity_hash()[:12], "config": codec.config, "select": args.select,
-               "container_version": FORMAT_VERSION, "adapt_groups": list(_adapt_config(args).groups),
-               "adapt_candidates": [list(c) for c in _adapt_config(args).candidates],
+               "container_version": FORMAT_VERSION, "adapt_groups": list(adapt_config.groups),
+               "adapt_candidates": [list(c) for c in adapt_config.candidates],
                "date": time.strftime("%Y-%m-%d"), "commit": _git_commit(), "command": command_line(),
                "segmenter": f"{args.segmenter_arch} {args.segmenter_features} seed {args.segmenter_seed}, "
                             f"{args.segmenter_steps} steps",

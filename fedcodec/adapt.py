@@ -130,7 +130,7 @@ class AdaptConfig:
     # MR) where both groups alone left 2 (CT, +95 % and +44 %) and the policy head alone 3
     # (benchmarks/results/heldout/experiment_adapt_candidates.json). Twice the selection time. Without a held-out
     # selection (select "none", DP) only ``groups`` trains.
-    candidates: tuple[tuple[str, ...], ...] = (("policy", "adapters"), ("policy",))
+    candidates: tuple[tuple[str, ...], ...] = (ADAPTABLE_GROUPS, ("policy",))
     device: str = "auto"              # where training runs: auto (CUDA when present), cpu, cuda
 
 

@@ -505,25 +505,13 @@ def adapt_config_from_args(args: argparse.Namespace) -> Any:
     """The :class:`~fedcodec.adapt.AdaptConfig` of ``fedcodec adapt``: the flags given, AdaptConfig's and
     DPConfig's defaults for the rest."""
     from fedcodec.adapt import AdaptConfig, dp_config
-    from fedcodec.run_config import parse_candidates, parse_groups
+    from fedcodec.run_config import adapt_groups
 
     kw = _given(args, ("steps", "lr", "lambda_d", "lambda_t", "seed", "prox_mu", "select", "device"))
-    if hasattr(args, "groups"):
-        try:
-            kw["groups"] = parse_groups(args.groups)
-        except ValueError as exc:
-            raise _usage(f"--groups: {exc}") from None
-    if hasattr(args, "candidates"):
-        try:
-            kw["candidates"] = parse_candidates(args.candidates)
-        except ValueError as exc:
-            raise _usage(f"--candidates: {exc}") from None
-        if "groups" in kw and kw["candidates"]:
-            extra = {g for c in kw["candidates"] for g in c} - set(kw["groups"])
-            if extra:
-                raise _usage(f"--candidates names groups that --groups does not train: {', '.join(sorted(extra))}")
-    elif "groups" in kw:
-        kw["candidates"] = ()   # --groups alone: train exactly those
+    try:
+        kw.update(adapt_groups(getattr(args, "groups", None), getattr(args, "candidates", None)))
+    except ValueError as exc:
+        raise _usage(str(exc)) from None
     dp = dp_config(args.dp_noise > 0, args.dp_noise, **_given(args, ("max_grad_norm", "delta")))
     return AdaptConfig(**kw, dp=dp)
 

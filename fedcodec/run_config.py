@@ -144,6 +144,30 @@ def parse_candidates(value: str) -> tuple[tuple[str, ...], ...]:
     return tuple(parse_groups(c.replace("+", ",")) for c in str(value).split(",") if c.strip())
 
 
+def adapt_groups(groups: str | None, candidates: str | None) -> dict[str, tuple]:
+    """:class:`AdaptConfig`'s ``groups`` and ``candidates`` from their command-line forms (None = not given, the
+    config's default): ``groups`` alone trains exactly those groups (no candidates); candidates naming a group
+    that ``groups`` does not train are refused. Raises ValueError naming the flag."""
+    out: dict[str, tuple] = {}
+    if groups is not None:
+        try:
+            out["groups"] = parse_groups(groups)
+        except ValueError as exc:
+            raise ValueError(f"--groups: {exc}") from None
+    if candidates is None:
+        if "groups" in out:
+            out["candidates"] = ()
+        return out
+    try:
+        out["candidates"] = parse_candidates(candidates)
+    except ValueError as exc:
+        raise ValueError(f"--candidates: {exc}") from None
+    extra = {g for c in out["candidates"] for g in c} - set(out.get("groups", ()))
+    if "groups" in out and extra:
+        raise ValueError(f"--candidates names groups that --groups does not train: {', '.join(sorted(extra))}")
+    return out
+
+
 def format_candidates(candidates: tuple[tuple[str, ...], ...]) -> str:
     """The inverse of :func:`parse_candidates`."""
     return ",".join("+".join(c) for c in candidates)

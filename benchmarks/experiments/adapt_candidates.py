@@ -125,11 +125,7 @@ def main() -> int:
     for name in a.sets.split(","):
         train, shots, heldout = (H._ct_set(a.n) if name == "ct" else H._mr_set(a.n) if name == "mr"
                                  else H._phantom_set(name, a.n, args.train_images))
-        settings = dict(H.SEGMENTER_SETTINGS.get(name, {}))
-        seg = H._segmenter(train, args, res_dir / "segmenters" /
-                           f"{name}_{args.segmenter_arch}{args.segmenter_features.replace(',', '-')}_"
-                           f"{args.segmenter_seed}_{args.segmenter_steps}_{len(train)}"
-                           f"{''.join(f'_{k}{v}' for k, v in settings.items())}.pt", settings)
+        seg = H.site_segmenter(name, train, args)[0]
         hevc = next(s["codecs"]["hevc"]["points"] for s in stored["sets"] if s.get("set") == name)
         ref = evaluate_codec(codec, seg, heldout)
         rows = []

@@ -76,11 +76,7 @@ def main() -> int:
     stored = json.loads((out / "results.json").read_text()) if (out / "results.json").is_file() else {"sets": []}
     for name in a.sets.split(","):
         train, shots, heldout = _data(name, args)
-        settings = dict(H.SEGMENTER_SETTINGS.get(name, {}))
-        seg = H._segmenter(train, args, out / "segmenters" /
-                           f"{name}_{args.segmenter_arch}{args.segmenter_features.replace(',', '-')}_"
-                           f"{args.segmenter_seed}_{args.segmenter_steps}_{len(train)}"
-                           f"{''.join(f'_{k}{v}' for k, v in settings.items())}.pt", settings)
+        seg = H.site_segmenter(name, train, args)[0]
         hevc = next((s["codecs"]["hevc"]["points"] for s in stored["sets"] if s.get("set") == name and "codecs" in s),
                     None)
         ref = evaluate_codec(codec, seg, heldout)

@@ -49,7 +49,7 @@ for prm in codec.parameters():
     prm.requires_grad_(False)
 train, shots, held = H._phantom_set("h0", 16, args.train_images)
 held = held[:a.n]
-seg = H._segmenter(train, args, Path(args.out) / "segmenters" / "h0_unet8-16-32-64-128_101_600_32.pt", {})
+seg = H.site_segmenter("h0", train, args)[0]
 proxy = {"proxy": load_task(None), "own": seg, "none": None}[a.task]
 if proxy is not None:
     for prm in proxy.parameters():
