@@ -69,8 +69,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--compare", default="", help="results.json files of other codecs measured with this script "
                    "(same sets and segmenters), comma-separated: a side-by-side table and the side-information "
                    "counterfactual are added")
-    p.add_argument("--select", default="crossfold", choices=("holdout", "crossfold"), help="how adapt chooses "
-                   "(fedcodec adapt --select; the scoreboards before 2026-11-28 used holdout)")
+    p.add_argument("--select", default=None, choices=("holdout", "crossfold", "fourfold"),
+                   help="how adapt chooses (fedcodec adapt --select; default: adapt's; the scoreboards before "
+                   "2026-11-28 used holdout)")
     p.add_argument("--candidates", default=None, help="group sets adapt's selection compares (fedcodec adapt "
                    "--candidates, e.g. policy+adapters,policy; '' = --groups alone; default: adapt's)")
     p.add_argument("--groups", default="", help="parameter groups adapt trains (fedcodec adapt --groups; default: "
@@ -81,23 +82,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _phantom_set(name: str, n: int, train_images: int):
+def _phantom_set(name: str, n: int, train_images: int, shots: int = 8):
     from fedcodec.data import make_phantoms
 
     hospital = {"h0": 0, "h1": 1, "unseen": 777}[name]
     return (make_phantoms(train_images, seed=3000, hospital=hospital),   # the hospital's segmenter data
-            make_phantoms(8, seed=2000, hospital=hospital),              # annotated shots
+            make_phantoms(shots, seed=2000, hospital=hospital),          # annotated shots (the first 8 are fixed)
             make_phantoms(n, seed=1000, hospital=hospital))              # held-out evaluation images
 
 
-def _site(archive: list, evaluation: list, n: int):
-    """A real site from one series: ``(archive, shots, evaluation)``, the 8 shots drawn (seed 0) from the
-    annotated archive slices, ``n`` evaluation slices spread evenly over ``evaluation``."""
+def _site(archive: list, evaluation: list, n: int, shots: int = 8):
+    """A real site from one series: ``(archive, shots, evaluation)``, ``shots`` shots drawn (seed 0; more shots
+    extend the same draw) from the annotated archive slices, ``n`` evaluation slices spread evenly over
+    ``evaluation``."""
     rng = np.random.default_rng(0)
     annotated = [s for s in archive if s.mask is not None and s.mask.any()]
-    shots = [annotated[i] for i in rng.permutation(len(annotated))[:8]]
     eval_idx = np.linspace(0, len(evaluation) - 1, min(n, len(evaluation))).round().astype(int)
-    return archive, shots, [evaluation[i] for i in eval_idx]
+    return archive, [annotated[i] for i in rng.permutation(len(annotated))[:shots]], [evaluation[i] for i in eval_idx]
 
 
 def _series(folder: Path) -> list | None:
@@ -107,7 +108,7 @@ def _series(folder: Path) -> list | None:
     return sorted(load_samples(folder), key=lambda s: s.name) if folder.is_dir() else None
 
 
-def _ct_set(n: int):
+def _ct_set(n: int, shots: int = 8):
     """Real CT: TotalSegmentator's held-out DICOM series (a patient and scanner the codec never saw; pretraining
     used no real data at all), artery classes as the task. The site's annotated archive is the first half of
     the series: its own segmenter trains there and the shots come from there; the evaluation images are the
@@ -119,10 +120,10 @@ def _ct_set(n: int):
     if series is None:
         return None
     half = len(series) // 2
-    return _site(series[:half], series[half:], n)
+    return _site(series[:half], series[half:], n, shots)
 
 
-def _mr_set(n: int):
+def _mr_set(n: int, shots: int = 8):
     """Real MR: ITK's T1 head volume (``fedcodec datasets fetch itk-brain-mr``), the brain mask as the task; one
     subject, so the site's archive is every even slice (segmenter, shots) and the evaluation images are odd
     slices. The issue's example of adaptation that hurt (brain MRI +6 % -> +27 % after K=1)."""
@@ -131,7 +132,16 @@ def _mr_set(n: int):
     series = _series(cache_root() / "itk-brain-mr" / "train")
     if series is None:
         return None
-    return _site(series[0::2], [s for s in series[1::2] if s.mask is not None and s.mask.any()], n)
+    return _site(series[0::2], [s for s in series[1::2] if s.mask is not None and s.mask.any()], n, shots)
+
+
+def site_data(name: str, n: int, train_images: int, shots: int = 8):
+    """A set's ``(archive, shots, evaluation)`` by name (``h0``, ``h1``, ``unseen``: phantoms; ``ct``, ``mr``: the
+    fetched real series, None when not fetched), ``n`` evaluation images and ``shots`` annotated shots (more
+    shots extend the same draw: the first 8 are always the scoreboard's)."""
+    if name in ("ct", "mr"):
+        return {"ct": _ct_set, "mr": _mr_set}[name](n, shots)
+    return _phantom_set(name, n, train_images, shots)
 
 
 #: Segmenter training settings per set, beside the defaults (128x128 crops, batch 8). CT: 256x256 crops of the
@@ -198,7 +208,8 @@ def _adapt_config(args):
     from fedcodec.adapt import AdaptConfig
     from fedcodec.run_config import adapt_groups
 
-    return AdaptConfig(device="cpu", select=args.select, **adapt_groups(args.groups or None, args.candidates))
+    return AdaptConfig(device="cpu", select=args.select or AdaptConfig.select,
+                       **adapt_groups(args.groups or None, args.candidates))
 
 
 def run_set(name: str, codec, args, out: Path) -> dict:
@@ -207,8 +218,7 @@ def run_set(name: str, codec, args, out: Path) -> dict:
     from fedcodec.adapt import adapt
     from fedcodec.evaluate import add_bd_rates, evaluate_anchor, evaluate_codec, plot_results, uncompressed_dice
 
-    data = {"ct": _ct_set, "mr": _mr_set}[name](args.n) if name in ("ct", "mr") else \
-        _phantom_set(name, args.n, args.train_images)
+    data = site_data(name, args.n, args.train_images)
     if data is None:
         dataset = "totalsegmentator" if name == "ct" else "itk-brain-mr"
         return {"set": name, "skipped": f"run `fedcodec datasets fetch {dataset}` first"}
@@ -431,7 +441,7 @@ def main(argv: list[str] | None = None) -> int:
     adapt_config = _adapt_config(args)
     start = time.perf_counter()
     results = {"label": args.label or (Path(args.model).name if args.model else "embedded default"),
-               "model_id": codec.identity_hash()[:12], "config": codec.config, "select": args.select,
+               "model_id": codec.identity_hash()[:12], "config": codec.config, "select": adapt_config.select,
                "container_version": FORMAT_VERSION, "adapt_groups": list(adapt_config.groups),
                "adapt_candidates": [list(c) for c in adapt_config.candidates],
                "date": time.strftime("%Y-%m-%d"), "commit": _git_commit(), "command": command_line(),

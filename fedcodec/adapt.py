@@ -135,7 +135,7 @@ class AdaptConfig:
 
 
 #: The adaptation selections (AdaptConfig.select).
-SELECTIONS = ("holdout", "crossfold", "none")
+SELECTIONS = ("holdout", "crossfold", "fourfold", "none")
 
 
 @dataclass
@@ -214,21 +214,48 @@ def _unlabeled_tensor(samples: Sequence[Sample], crop: int = 0) -> torch.Tensor:
     return samples_to_tensors(stub, crop)[0]
 
 
-def spatial_holdout(images: torch.Tensor, masks: torch.Tensor, block: int = 64):
+def spatial_holdout(images: torch.Tensor, masks: torch.Tensor, block: int = 64, axis: int | None = None):
     """Split every shot into two spatially disjoint halves: ``(train_images, train_masks, val_images, val_masks)``.
 
     With one annotated image there is no second image to validate on, but its two halves are different
-    anatomy: adaptation trains on one and is judged on the other. Splits along the longer side at a multiple
-    of ``block``; returns None when the images are too small (``< 2 * block`` on both sides).
+    anatomy: adaptation trains on one and is judged on the other. Splits along ``axis`` (-1: width, -2: height;
+    None: the longer side) at a multiple of ``block``; returns None when that side is too small (``< 2 * block``;
+    with ``axis`` None, when both are).
     """
     h, w = images.shape[-2:]
-    if w >= h and w >= 2 * block:
-        cut = w // 2 // block * block
-        return images[..., :cut], masks[..., :cut], images[..., cut:cut * 2], masks[..., cut:cut * 2]
-    if h >= 2 * block:
-        cut = h // 2 // block * block
-        return images[..., :cut, :], masks[..., :cut, :], images[..., cut:cut * 2, :], masks[..., cut:cut * 2, :]
-    return None
+    if axis is None:
+        axis = -1 if w >= h and w >= 2 * block else -2
+    size = w if axis == -1 else h
+    if size < 2 * block:
+        return None
+    cut = size // 2 // block * block
+    first, second = slice(0, cut), slice(cut, cut * 2)
+    index = (lambda part: (..., part)) if axis == -1 else (lambda part: (..., part, slice(None)))
+    return images[index(first)], masks[index(first)], images[index(second)], masks[index(second)]
+
+
+def holdout_folds(images: torch.Tensor, masks: torch.Tensor, select: str, block: int = 64) -> list[tuple]:
+    """The folds ``(train_images, train_masks, check_images, check_masks)`` the held-out ``select`` judges on.
+
+    ``"holdout"``: one fold, the halves of :func:`spatial_holdout`. ``"crossfold"``: those halves also swap roles.
+    ``"fourfold"``: the crossfold of the left/right halves and of the top/bottom halves, four judges of the same
+    shots (falls back to crossfold's two where one side is below ``2 * block``). Empty when the shots are too
+    small to split.
+    """
+    split = spatial_holdout(images, masks, block)
+    if split is None:
+        return []
+    halves = [split]
+    if select == "fourfold":
+        h, w = images.shape[-2:]
+        other = spatial_holdout(images, masks, block, axis=-2 if w >= h and w >= 2 * block else -1)
+        halves += [other] if other is not None else []
+    folds = []
+    for tr_x, tr_m, va_x, va_m in halves:
+        folds.append((tr_x, tr_m, va_x, va_m))
+        if select in ("crossfold", "fourfold"):
+            folds.append((va_x, va_m, tr_x, tr_m))
+    return folds
 
 
 @contextlib.contextmanager
@@ -417,15 +444,12 @@ def adapt(codec: SemanticCodec, task_net: torch.nn.Module, samples: Sequence[Sam
     for c in config.candidates:
         if not c or set(c) - set(ADAPTABLE_GROUPS):
             raise ValueError(f"adaptation candidate {c} is not a non-empty set of the groups {ADAPTABLE_GROUPS}")
-    split = spatial_holdout(images, masks) if config.select != "none" and config.dp is None else None
-    if split is None:
+    folds = holdout_folds(images, masks, config.select) if config.select != "none" and config.dp is None else []
+    if not folds:
         result = train_subset(codec, task_net, (images, masks), config, global_state, dp_history, progress)
         result.metrics.update(selected_steps=float(config.steps), kept=1.0)
         result.trained = tuple(config.groups)
         return result
-    tr_x, tr_m, va_x, va_m = split
-    # "crossfold": the two halves swap roles in a second fold; one half of one shot is a noisy judge
-    folds = [split] + ([(va_x, va_m, tr_x, tr_m)] if config.select == "crossfold" else [])
     initial = codec.group_state_dict(config.groups)
     candidates = [tuple(c) for c in config.candidates if set(c) <= set(config.groups)] or [tuple(config.groups)]
     top = max(config.qualities or range(codec.num_qualities))

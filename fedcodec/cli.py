@@ -308,14 +308,15 @@ def build_parser() -> argparse.ArgumentParser:
     _config_flag(p, "--dp-clip", DP, dest="max_grad_norm", type=float, metavar="NORM",
                  help="Opacus per-sample clipping norm")
     _config_flag(p, "--dp-delta", DP, dest="delta", type=float, help="delta of the reported epsilon")
-    _config_flag(p, "--select", ADAPT, choices=("holdout", "crossfold", "none"), help="holdout: train on one half "
-                 "of every shot, judge on the other, keep the pretrained subset unless adaptation helps; crossfold: "
-                 "the same with the halves swapping roles in a second fold (twice the time, a steadier judge); "
-                 "none: train blindly")
+    _config_flag(p, "--select", ADAPT, choices=("holdout", "crossfold", "fourfold", "none"), help="holdout: train "
+                 "on one half of every shot, judge on the other, keep the pretrained subset unless adaptation helps; "
+                 "crossfold: the same with the halves swapping roles in a second fold (twice the time, a steadier "
+                 "judge); fourfold: crossfold of the left/right and of the top/bottom halves (twice crossfold's "
+                 "time); none: train blindly")
     _config_flag(p, "--device", ADAPT, choices=("auto", "cpu", "cuda"), help="where adaptation runs: auto (CUDA "
                  "when present, else the CPU), cpu or cuda")
     p.add_argument("--unlabeled", default=None, help="a folder of the site's unannotated scans (masks, if any, are "
-                   "ignored): with --select holdout or crossfold an adaptation is also refused if the task network reads them, "
+                   "ignored): with --select holdout, crossfold or fourfold an adaptation is also refused if the task network reads them, "
                    "decoded at the top quality, less like their originals (up to 16 are used)")
     _add_overwrite(p)
 

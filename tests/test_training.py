@@ -363,6 +363,39 @@ def test_crossfold_selection_averages_the_two_folds_relative_to_their_starts(tas
         adapt(make_tiny_codec(0), task_net, shots[:1], AdaptConfig(steps=2, select="twofold"))
 
 
+def test_holdout_folds_cut_the_shots_into_disjoint_halves_along_one_or_both_sides():
+    from fedcodec.adapt import holdout_folds
+
+    # pixel values = their position, so every fold's pieces can be traced back to where they came from
+    images = torch.arange(2 * 128 * 256, dtype=torch.float32).reshape(2, 1, 128, 256)
+    masks = (images.long() % 2).to(torch.uint8)
+    assert len(holdout_folds(images, masks, "holdout")) == 1
+    cross = holdout_folds(images, masks, "crossfold")
+    assert len(cross) == 2
+    tr_x, tr_m, va_x, va_m = cross[0]
+    assert tr_x.shape == va_x.shape == (2, 1, 128, 128)            # cut along the longer side (width)
+    assert torch.equal(torch.cat([tr_x, va_x], -1), images) and torch.equal(torch.cat([tr_m, va_m], -1), masks)
+    assert torch.equal(cross[1][0], va_x) and torch.equal(cross[1][2], tr_x)   # the second fold swaps roles
+    four = holdout_folds(images, masks, "fourfold")
+    assert len(four) == 4 and all(torch.equal(a[0], b[0]) for a, b in zip(four[:2], cross))
+    top, bottom = four[2][0], four[2][2]
+    assert top.shape == bottom.shape == (2, 1, 64, 256) and torch.equal(torch.cat([top, bottom], -2), images)
+    assert torch.equal(four[3][0], bottom) and torch.equal(four[3][2], top)
+    # the shorter side too small to halve (< 2 blocks): fourfold is crossfold; nothing to halve: no folds
+    assert len(holdout_folds(images[..., :64, :], masks[..., :64, :], "fourfold")) == 2
+    assert holdout_folds(images[..., :64, :64], masks[..., :64, :64], "crossfold") == []
+
+
+def test_fourfold_selection_judges_on_four_folds(task_net, shots):
+    codec = make_tiny_codec(0)
+    before = {k: v.clone() for k, v in codec.state_dict().items()}
+    result = adapt(codec, task_net, shots[:1], AdaptConfig(steps=10, lr=1e-2, check_every=5, select="fourfold",
+                                                           candidates=()))
+    assert result.reason.startswith("4 folds")
+    changed = any(not torch.equal(before[k], v) for k, v in codec.state_dict().items())
+    assert changed == bool(result.metrics["kept"])
+
+
 def test_pick_candidate_keeps_the_lowest_task_loss_at_equal_rate_among_the_kept():
     from fedcodec.adapt import CandidateOutcome as C
     from fedcodec.adapt import pick_candidate

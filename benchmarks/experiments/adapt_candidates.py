@@ -123,8 +123,7 @@ def main() -> int:
     stored = json.loads((res_dir / "results.json").read_text())
     out = {"command": " ".join(sys.argv), "model_id": codec.identity_hash()[:12], "sets": {}}
     for name in a.sets.split(","):
-        train, shots, heldout = (H._ct_set(a.n) if name == "ct" else H._mr_set(a.n) if name == "mr"
-                                 else H._phantom_set(name, a.n, args.train_images))
+        train, shots, heldout = H.site_data(name, a.n, args.train_images)
         seg = H.site_segmenter(name, train, args)[0]
         hevc = next(s["codecs"]["hevc"]["points"] for s in stored["sets"] if s.get("set") == name)
         ref = evaluate_codec(codec, seg, heldout)

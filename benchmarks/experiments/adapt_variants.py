@@ -47,10 +47,8 @@ VARIANTS = {
 
 
 def _data(name: str, args):
-    if name in ("ct", "mr"):
-        return {"ct": H._ct_set, "mr": H._mr_set}[name](args.n)
-    if name in ("h0", "h1", "unseen"):
-        return H._phantom_set(name, args.n, args.train_images)
+    if name in ("ct", "mr", "h0", "h1", "unseen"):
+        return H.site_data(name, args.n, args.train_images)
     from fedcodec.data import make_phantoms
 
     hospital = int(name[1:])
