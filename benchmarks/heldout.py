@@ -144,6 +144,19 @@ def site_data(name: str, n: int, train_images: int, shots: int = 8):
     return _phantom_set(name, n, train_images, shots)
 
 
+def stored_points(out: str | Path, name: str, codec: str = "hevc") -> list[dict] | None:
+    """The rate-task points ``codec`` (an anchor or a learned codec's label) scored on set ``name`` in the
+    scoreboard stored under ``out`` (``results.json``), for experiments that compare against the same run's x265
+    without re-encoding; None when that run or set or codec is not there."""
+    path = Path(out) / "results.json"
+    if not path.is_file():
+        return None
+    for s in json.loads(path.read_text())["sets"]:
+        if s.get("set") == name and codec in s.get("codecs", {}):
+            return s["codecs"][codec]["points"]
+    return None
+
+
 #: Segmenter training settings per set, beside the defaults (128x128 crops, batch 8). CT: 256x256 crops of the
 #: 512x512 slices, batch 4, 3,000 steps. Measured on the ten evaluation slices, uncompressed (2026-11-28, one
 #: thread): 128x128 crops find no artery in a whole slice (Dice 0.000: the UNet's instance norm sees a crop of

@@ -115,7 +115,9 @@ class AdaptConfig:
     # "holdout": never leave a site worse off than the pretrained codec (see adapt); "crossfold": the same with
     # the two halves of the shots swapping roles in a second fold (twice the selection time, a steadier judge:
     # on hospital 1, the unseen hospital and brain MR it left 0 of 12 K=1 draws worse where "holdout" left 2,
-    # BENCHMARKS.md heldout); "none": train blindly.
+    # BENCHMARKS.md heldout); "fourfold": crossfold of the left/right and of the top/bottom halves (on 58 K=1 draws
+    # as many left worse as crossfold, 2, and fewer gains kept: benchmarks/experiments/adapt_folds.py);
+    # "none": train blindly.
     select: str = "crossfold"
     check_every: int = 10             # steps between held-out checks when selecting
     min_gain: float = 0.005           # relative held-out loss improvement required to keep an adaptation

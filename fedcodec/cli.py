@@ -312,7 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
                  "on one half of every shot, judge on the other, keep the pretrained subset unless adaptation helps; "
                  "crossfold: the same with the halves swapping roles in a second fold (twice the time, a steadier "
                  "judge); fourfold: crossfold of the left/right and of the top/bottom halves (twice crossfold's "
-                 "time); none: train blindly")
+                 "time; measured no safer); none: train blindly")
     _config_flag(p, "--device", ADAPT, choices=("auto", "cpu", "cuda"), help="where adaptation runs: auto (CUDA "
                  "when present, else the CPU), cpu or cuda")
     p.add_argument("--unlabeled", default=None, help="a folder of the site's unannotated scans (masks, if any, are "

@@ -69,3 +69,24 @@ def test_compare_table_refuses_runs_read_by_another_segmenter():
     row = next(line for line in lines if line.startswith("| h1 | pretrained"))
     assert "-10.0 %" in row and "-5.0 %" in row and "other segmenter" in row and "+99.0" not in row
     assert "`old` 2" in lines[1] and "`same` 3" not in lines[1]
+
+
+def test_stored_points_finds_a_codec_of_a_set_in_a_stored_run(tmp_path):
+    import json
+
+    (tmp_path / "results.json").write_text(json.dumps({"sets": [_set([16] * 5), {"set": "ct", "skipped": "x"}]}))
+    assert heldout.stored_points(tmp_path, "h1") == _set([16] * 5)["codecs"]["hevc"]["points"]
+    assert heldout.stored_points(tmp_path, "h1", "pretrained")[0]["bpp"] == 0.01
+    assert heldout.stored_points(tmp_path, "ct") is None          # a set the run skipped
+    assert heldout.stored_points(tmp_path, "h1", "jpeg2000") is None
+    assert heldout.stored_points(tmp_path / "elsewhere", "h1") is None
+
+
+def test_more_shots_extend_the_same_draw():
+    import numpy as np
+
+    _, eight, evaluation = heldout.site_data("h1", 2, 1)
+    _, twelve, same_evaluation = heldout.site_data("h1", 2, 1, shots=12)
+    assert len(eight) == 8 and len(twelve) == 12
+    assert all(np.array_equal(a.image, b.image) and np.array_equal(a.mask, b.mask) for a, b in zip(eight, twelve))
+    assert all(np.array_equal(a.image, b.image) for a, b in zip(evaluation, same_evaluation))

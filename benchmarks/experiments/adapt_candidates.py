@@ -119,13 +119,11 @@ def main() -> int:
     a = p.parse_args()
     args = H.parse_args(["--n", str(a.n)])
     codec = load_codec(None)
-    res_dir = Path(args.out)
-    stored = json.loads((res_dir / "results.json").read_text())
     out = {"command": " ".join(sys.argv), "model_id": codec.identity_hash()[:12], "sets": {}}
     for name in a.sets.split(","):
         train, shots, heldout = H.site_data(name, a.n, args.train_images)
         seg = H.site_segmenter(name, train, args)[0]
-        hevc = next(s["codecs"]["hevc"]["points"] for s in stored["sets"] if s.get("set") == name)
+        hevc = H.stored_points(args.out, name)
         ref = evaluate_codec(codec, seg, heldout)
         rows = []
         groups = [(1, d) for d in range(a.first, a.first + a.draws)] + ([(8, 0)] if name == "h1" else [])

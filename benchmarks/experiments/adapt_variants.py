@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import sys
 import time
 from pathlib import Path
@@ -70,13 +69,10 @@ def main() -> int:
     a = p.parse_args()
     args = H.parse_args(["--n", str(a.n)])
     codec = load_codec(None)
-    out = Path(args.out)
-    stored = json.loads((out / "results.json").read_text()) if (out / "results.json").is_file() else {"sets": []}
     for name in a.sets.split(","):
         train, shots, heldout = _data(name, args)
         seg = H.site_segmenter(name, train, args)[0]
-        hevc = next((s["codecs"]["hevc"]["points"] for s in stored["sets"] if s.get("set") == name and "codecs" in s),
-                    None)
+        hevc = H.stored_points(args.out, name)
         ref = evaluate_codec(codec, seg, heldout)
         print(name, "pretrained", [(round(r["bpp"], 4), round(r["dice"], 3)) for r in ref], "BDx265", _bd(hevc, ref),
               flush=True)

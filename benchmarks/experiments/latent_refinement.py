@@ -99,8 +99,7 @@ def encode(x, q, steps):
     return len(s) + 15, x_hat
 
 
-stored = json.loads((Path(args.out) / "results.json").read_text())
-hevc = next(s["codecs"]["hevc"]["points"] for s in stored["sets"] if s["set"] == "h0")
+hevc = H.stored_points(args.out, "h0")
 qs = [int(v) for v in a.qualities.split(",")]
 res = {}
 for steps in (0, a.steps):
