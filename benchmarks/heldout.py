@@ -77,7 +77,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--groups", default="", help="parameter groups adapt trains (fedcodec adapt --groups; default: "
                    "AdaptConfig's)")
     p.add_argument("--draws", type=int, default=4, help="K=1 is repeated with each of the first DRAWS shots "
-                   "(one shot cannot speak for a site: 'never worse than the pretrained codec' is checked on each)")
+                   "(one shot cannot speak for a site: 'never worse than the pretrained codec' is checked on each; a set has "
+                   "max(8, DRAWS) shots, the first 8 always the same; the real CT has 10)")
     p.add_argument("--quick", action="store_true", help="4 images, 100 segmenter steps; no BENCHMARKS.md")
     return p.parse_args(argv)
 
@@ -231,7 +232,7 @@ def run_set(name: str, codec, args, out: Path) -> dict:
     from fedcodec.adapt import adapt
     from fedcodec.evaluate import add_bd_rates, evaluate_anchor, evaluate_codec, plot_results, uncompressed_dice
 
-    data = site_data(name, args.n, args.train_images)
+    data = site_data(name, args.n, args.train_images, shots=max(8, args.draws))
     if data is None:
         dataset = "totalsegmentator" if name == "ct" else "itk-brain-mr"
         return {"set": name, "skipped": f"run `fedcodec datasets fetch {dataset}` first"}
