@@ -119,6 +119,7 @@ class AdaptConfig:
     # as many left worse as crossfold, 2, and fewer gains kept: benchmarks/experiments/adapt_folds.py);
     # "none": train blindly.
     select: str = "crossfold"
+    split: str = "longer"             # how the selection halves a shot: longer, left-right, top-bottom (SPLITS)
     check_every: int = 10             # steps between held-out checks when selecting
     min_gain: float = 0.005           # relative held-out loss improvement required to keep an adaptation
     # relative rise of the held-out task loss at the top quality that an adaptation may cost: a lower objective
@@ -236,24 +237,29 @@ def spatial_holdout(images: torch.Tensor, masks: torch.Tensor, block: int = 64, 
     return images[index(first)], masks[index(first)], images[index(second)], masks[index(second)]
 
 
-def holdout_folds(images: torch.Tensor, masks: torch.Tensor, select: str, block: int = 64) -> list[tuple]:
+#: How the held-out selection halves a shot (AdaptConfig.split): along its longer side, into left and right
+#: halves, or into top and bottom halves (the axis spatial_holdout cuts; None = the longer side).
+SPLITS = {"longer": None, "left-right": -1, "top-bottom": -2}
+
+
+def holdout_folds(images: torch.Tensor, masks: torch.Tensor, select: str, block: int = 64,
+                  split: str = "longer") -> list[tuple]:
     """The folds ``(train_images, train_masks, check_images, check_masks)`` the held-out ``select`` judges on.
 
-    ``"holdout"``: one fold, the halves of :func:`spatial_holdout`. ``"crossfold"``: those halves also swap roles.
+    ``"holdout"``: one fold, the halves of :func:`spatial_holdout` cut as ``split`` says (:data:`SPLITS`; a side
+    too small to halve falls back to the longer side). ``"crossfold"``: those halves also swap roles.
     ``"fourfold"``: the crossfold of the left/right halves and of the top/bottom halves, four judges of the same
     shots (falls back to crossfold's two where one side is below ``2 * block``). Empty when the shots are too
     small to split.
     """
-    split = spatial_holdout(images, masks, block)
-    if split is None:
-        return []
-    halves = [split]
+    if split not in SPLITS:
+        raise ValueError(f"unknown held-out split {split!r}; use one of {tuple(SPLITS)}")
     if select == "fourfold":
-        h, w = images.shape[-2:]
-        other = spatial_holdout(images, masks, block, axis=-2 if w >= h and w >= 2 * block else -1)
-        halves += [other] if other is not None else []
+        halves = [spatial_holdout(images, masks, block, axis) for axis in (-1, -2)]
+    else:
+        halves = [spatial_holdout(images, masks, block, SPLITS[split]) or spatial_holdout(images, masks, block)]
     folds = []
-    for tr_x, tr_m, va_x, va_m in halves:
+    for tr_x, tr_m, va_x, va_m in (h for h in halves if h is not None):
         folds.append((tr_x, tr_m, va_x, va_m))
         if select in ("crossfold", "fourfold"):
             folds.append((va_x, va_m, tr_x, tr_m))
@@ -446,7 +452,8 @@ def adapt(codec: SemanticCodec, task_net: torch.nn.Module, samples: Sequence[Sam
     for c in config.candidates:
         if not c or set(c) - set(ADAPTABLE_GROUPS):
             raise ValueError(f"adaptation candidate {c} is not a non-empty set of the groups {ADAPTABLE_GROUPS}")
-    folds = holdout_folds(images, masks, config.select) if config.select != "none" and config.dp is None else []
+    folds = (holdout_folds(images, masks, config.select, split=config.split)
+             if config.select != "none" and config.dp is None else [])
     if not folds:
         result = train_subset(codec, task_net, (images, masks), config, global_state, dp_history, progress)
         result.metrics.update(selected_steps=float(config.steps), kept=1.0)
