@@ -18,6 +18,17 @@ and MR 11 (policy head) +2.9 % [-4.9, +10.7] 66 %; beside them draws called gain
 [-11.8, -0.8] 1 %. The 16 held-out MR slices cannot tell the harmful draws from the pretrained codec, nor the
 small MR gains; the target ("never worse") is still counted as the scoreboard counts it.
 
+With every MR evaluation slice (29 instead of the scoreboard's 16; every kept MR draw of shots 0-15):
+
+    python benchmarks/experiments/worse_draw_noise.py --n 29 \
+        --draws mr:1,mr:11,mr:0,mr:4,mr:6,mr:7,mr:8,mr:9,mr:10,mr:13,mr:14,mr:15 \
+        --out benchmarks/results/heldout/experiment_worse_draw_noise_mr29.json     # 2026-11-28, 3 min
+
+the harm is larger, not smaller: shot 1 +7.9 % [-2.6, +27.1], shot 11 +8.9 % [+0.2, +23.5] (its interval
+excludes 0), and two draws the 16 slices scored as gains read worse, shot 0 +1.2 % and shot 8 +4.5 %; shots 6,
+13, 15 stay clear gains (-20.1, -23.6, -28.5 %). On MR, K=1 adaptation hurts more often than the scoreboard's
+16 slices show (4 of the 12 kept draws above +1 %).
+
 Uses heldout.py's data, segmenter cache and defaults.
 """
 
