@@ -381,6 +381,13 @@ def test_holdout_folds_cut_the_shots_into_disjoint_halves_along_one_or_both_side
     top, bottom = four[2][0], four[2][2]
     assert top.shape == bottom.shape == (2, 1, 64, 256) and torch.equal(torch.cat([top, bottom], -2), images)
     assert torch.equal(four[3][0], bottom) and torch.equal(four[3][2], top)
+    # the cut can be chosen: top/bottom on this wide shot, and back to the longer side where that side is too small
+    tb = holdout_folds(images, masks, "crossfold", split="top-bottom")
+    assert torch.equal(tb[0][0], top) and torch.equal(tb[0][2], bottom) and len(tb) == 2
+    short = holdout_folds(images[..., :64, :], masks[..., :64, :], "holdout", split="top-bottom")
+    assert short[0][0].shape == (2, 1, 64, 128)
+    with pytest.raises(ValueError, match="unknown held-out split"):
+        holdout_folds(images, masks, "crossfold", split="diagonal")
     # the shorter side too small to halve (< 2 blocks): fourfold is crossfold; nothing to halve: no folds
     assert len(holdout_folds(images[..., :64, :], masks[..., :64, :], "fourfold")) == 2
     assert holdout_folds(images[..., :64, :64], masks[..., :64, :64], "crossfold") == []

@@ -51,7 +51,20 @@ left no MR draw of 30 worse. Variant ``top-bottom``: crossfold with the shot hal
         --variants crossfold,top-bottom --out benchmarks/results/heldout/experiment_adapt_split_fresh.json
     python benchmarks/experiments/adapt_folds.py --sets ct --first 0 --draws 10 \
         --variants crossfold,top-bottom --out benchmarks/results/heldout/experiment_adapt_split_ct.json
+    # 2026-11-28: 12 min and 10 min
 
+Result: K=1 draws left worse, 42 fresh draws (unseen / MR / hospital 1, shots 16-29) and the CT's 10:
+
+    split        fresh 42                                   kept   mean BD vs pretrained   CT 10
+    longer (LR)  4, all MR (18 +9.7 %, 24 and 25 top Dice,  20     -4.3 %                  0 (kept 8, mean -19.8 %)
+                 27 +4.5 %)
+    top-bottom   3 (unseen 17 +4.9 %, MR 24 +2.0 %,        14     -2.4 %                  1 (CT 1, +23.0 %; kept 6,
+                 h1 22 +1.6 %)                                                              mean -11.3 %)
+
+Not adopted (the CT condition fails). Cutting top/bottom does help brain MR as the symmetry argument says (1 of
+14 fresh MR draws worse instead of 4) but moves the harm to the phantoms and the CT, and keeps fewer gains: no
+single cut is the safer judge everywhere. What this experiment also shows, and the scoreboard's 16 shots did
+not: on fresh brain-MR shots the default leaves 4 of 14 K=1 draws worse than the pretrained codec.
 Uses heldout.py's data, segmenter cache and stored x265 points (benchmarks/results/heldout/results.json).
 """
 
