@@ -180,6 +180,17 @@ def site_segmenter(name: str, train: list, args) -> tuple[Any, dict]:
     return _segmenter(train, args, cache, settings), settings
 
 
+def experiment_site(name: str, codec, args, shots: int = 8):
+    """What an adaptation experiment on set ``name`` starts from and compares against: ``(shots, evaluation
+    images, the site's own segmenter, x265's points from the scoreboard stored under args.out, the pretrained
+    codec's points)``, with ``args.n`` evaluation images and ``shots`` annotated shots (:func:`site_data`)."""
+    from fedcodec.evaluate import evaluate_codec
+
+    train, shot_samples, evaluation = site_data(name, args.n, args.train_images, shots)
+    seg = site_segmenter(name, train, args)[0]
+    return shot_samples, evaluation, seg, stored_points(args.out, name), evaluate_codec(codec, seg, evaluation)
+
+
 def _segmenter(train, args, cache: Path, settings: dict | None = None):
     """The hospital's own segmenter, trained on its uncompressed images (cached by set and settings)."""
     from fedcodec.data import padded_arrays

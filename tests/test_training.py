@@ -351,16 +351,19 @@ def test_crossfold_selection_averages_the_two_folds_relative_to_their_starts(tas
     assert combine_folds(folds[:1]) == ((2.0, 0.5, 1.0), [(10, 1.8, 0.5, 0.9), (20, 1.9, 0.45, 1.0)])
     # steps only one fold checked are dropped (both folds run the same schedule, so none in practice)
     assert [c[0] for c in combine_folds([folds[0], (folds[1][0], folds[1][1][:1])])[1]] == [10]
-
-    codec = make_tiny_codec(0)
-    before = {k: v.clone() for k, v in codec.state_dict().items()}
-    result = adapt(codec, task_net, shots[:1], AdaptConfig(steps=10, lr=1e-2, check_every=5, select="crossfold",
-                                                           candidates=()))
-    assert result.reason.startswith("2 folds")
-    changed = any(not torch.equal(before[k], v) for k, v in codec.state_dict().items())
-    assert changed == bool(result.metrics["kept"])   # refused: exactly as it was; kept: trained on the whole shot
     with pytest.raises(ValueError, match="unknown adaptation selection"):
         adapt(make_tiny_codec(0), task_net, shots[:1], AdaptConfig(steps=2, select="twofold"))
+
+
+@pytest.mark.parametrize("select, folds", [("crossfold", 2), ("fourfold", 4)])
+def test_the_selection_judges_on_its_folds_and_leaves_a_refused_codec_as_it_was(task_net, shots, select, folds):
+    codec = make_tiny_codec(0)
+    before = {k: v.clone() for k, v in codec.state_dict().items()}
+    result = adapt(codec, task_net, shots[:1], AdaptConfig(steps=10, lr=1e-2, check_every=5, select=select,
+                                                           candidates=()))
+    assert result.reason.startswith(f"{folds} folds")
+    changed = any(not torch.equal(before[k], v) for k, v in codec.state_dict().items())
+    assert changed == bool(result.metrics["kept"])   # refused: exactly as it was; kept: trained on the whole shot
 
 
 def test_holdout_folds_cut_the_shots_into_disjoint_halves_along_one_or_both_sides():
@@ -391,16 +394,6 @@ def test_holdout_folds_cut_the_shots_into_disjoint_halves_along_one_or_both_side
     # the shorter side too small to halve (< 2 blocks): fourfold is crossfold; nothing to halve: no folds
     assert len(holdout_folds(images[..., :64, :], masks[..., :64, :], "fourfold")) == 2
     assert holdout_folds(images[..., :64, :64], masks[..., :64, :64], "crossfold") == []
-
-
-def test_fourfold_selection_judges_on_four_folds(task_net, shots):
-    codec = make_tiny_codec(0)
-    before = {k: v.clone() for k, v in codec.state_dict().items()}
-    result = adapt(codec, task_net, shots[:1], AdaptConfig(steps=10, lr=1e-2, check_every=5, select="fourfold",
-                                                           candidates=()))
-    assert result.reason.startswith("4 folds")
-    changed = any(not torch.equal(before[k], v) for k, v in codec.state_dict().items())
-    assert changed == bool(result.metrics["kept"])
 
 
 def test_pick_candidate_keeps_the_lowest_task_loss_at_equal_rate_among_the_kept():

@@ -121,10 +121,7 @@ def main() -> int:
     codec = load_codec(None)
     out = {"command": " ".join(sys.argv), "model_id": codec.identity_hash()[:12], "sets": {}}
     for name in a.sets.split(","):
-        train, shots, heldout = H.site_data(name, a.n, args.train_images)
-        seg = H.site_segmenter(name, train, args)[0]
-        hevc = H.stored_points(args.out, name)
-        ref = evaluate_codec(codec, seg, heldout)
+        shots, heldout, seg, hevc, ref = H.experiment_site(name, codec, args)
         rows = []
         groups = [(1, d) for d in range(a.first, a.first + a.draws)] + ([(8, 0)] if name == "h1" else [])
         for k, first in groups:

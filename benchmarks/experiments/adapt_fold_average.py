@@ -100,10 +100,7 @@ def main() -> int:
             draws.setdefault(name, []).extend(s["draws"])
     out = {"command": " ".join(sys.argv), "model_id": codec.identity_hash()[:12], "sets": {}}
     for name, rows in draws.items():
-        train, shots, heldout = H.site_data(name, a.n, args.train_images, max(r["shot"] for r in rows) + 1)
-        seg = H.site_segmenter(name, train, args)[0]
-        hevc = H.stored_points(args.out, name)
-        ref = evaluate_codec(codec, seg, heldout)
+        shots, heldout, seg, hevc, ref = H.experiment_site(name, codec, args, max(r["shot"] for r in rows) + 1)
         done = []
         for r in rows:
             refit = r["crossfold"]

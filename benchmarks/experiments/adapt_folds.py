@@ -131,10 +131,7 @@ def main() -> int:
     out = {"command": " ".join(sys.argv), "model_id": codec.identity_hash()[:12], "sets": {}}
     total = a.first + a.draws
     for name in a.sets.split(","):
-        train, shots, heldout = H.site_data(name, a.n, args.train_images, total)
-        seg = H.site_segmenter(name, train, args)[0]
-        hevc = H.stored_points(args.out, name)
-        ref = evaluate_codec(codec, seg, heldout)
+        shots, heldout, seg, hevc, ref = H.experiment_site(name, codec, args, total)
         rows = []
         for shot in range(a.first, min(total, len(shots))):
             row, evaluated = {"shot": shot, "name": shots[shot].name}, {}
