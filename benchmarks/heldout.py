@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import csv
 import json
 import logging
@@ -96,10 +97,11 @@ def _site(archive: list, evaluation: list, n: int, shots: int = 8):
     """A real site from one series: ``(archive, shots, evaluation)``, ``shots`` shots drawn (seed 0; more shots
     extend the same draw) from the annotated archive slices, ``n`` evaluation slices spread evenly over
     ``evaluation``."""
+    from fedcodec.data import evenly_spaced
+
     rng = np.random.default_rng(0)
     annotated = [s for s in archive if s.mask is not None and s.mask.any()]
-    eval_idx = np.linspace(0, len(evaluation) - 1, min(n, len(evaluation))).round().astype(int)
-    return archive, [annotated[i] for i in rng.permutation(len(annotated))[:shots]], [evaluation[i] for i in eval_idx]
+    return archive, [annotated[i] for i in rng.permutation(len(annotated))[:shots]], evenly_spaced(evaluation, n)
 
 
 def _series(folder: Path) -> list | None:
@@ -266,9 +268,7 @@ def run_set(name: str, codec, args, out: Path) -> dict:
         if len(group) < k:
             continue
         adapted = copy.deepcopy(codec)
-        # the site's unannotated scans: its archive (the segmenter's images) without the K shots, 8 of them
-        used = {s.name for s in group}
-        unlabeled = [s for s in train if s.name not in used][:8] if args.unlabeled else None
+        unlabeled = unannotated_scans(train, group) if args.unlabeled else None
         r = adapt(adapted, seg, group, _adapt_config(args), unlabeled=unlabeled)
         entry = {"points": evaluate_codec(adapted, seg, heldout), "kind": "learned", "selection": r.reason,
                  "kept": r.metrics.get("kept"), "trained": list(r.trained), "unlabeled": len(unlabeled or []),
@@ -278,6 +278,10 @@ def run_set(name: str, codec, args, out: Path) -> dict:
         if k == 1:
             draws.append(draw_summary(first, entry, res["codecs"]["pretrained"]["points"],
                                       res["codecs"].get("hevc", {}).get("points")))
+            d = draws[-1]
+            log.info("%s: K=1 draw %d/%d (shot %d): kept %s, BD-rate vs pretrained %+.1f %%%s", name, len(draws),
+                     max(1, args.draws), first, "+".join(d["trained"]) or "nothing", d["bd_vs_pretrained"] or 0.0,
+                     " WORSE" if d["worse"] else "")
     if draws:
         res["k1_draws"] = draws
     add_bd_rates(res)
@@ -287,6 +291,16 @@ def run_set(name: str, codec, args, out: Path) -> dict:
     res["title"] = f"{name}: own {args.segmenter_arch} segmenter, {len(heldout)} held-out images"
     plot_results(res, out / f"rate_dice_{name}.png")
     return res
+
+
+def unannotated_scans(archive: list, shots: list, n: int = 8) -> list:
+    """The site's unannotated scans for ``adapt(unlabeled=)``: ``n`` of its archive (the segmenter's images)
+    without the shots, spread evenly over it as the evaluation slices are (the first ``n`` of a series are its
+    edge: a head's first slices hold little brain), their masks dropped."""
+    from fedcodec.data import evenly_spaced
+
+    used = {s.name for s in shots}
+    return [dataclasses.replace(s, mask=None) for s in evenly_spaced([s for s in archive if s.name not in used], n)]
 
 
 #: A K=1 adaptation counts as worse than the pretrained codec when its curve needs more bits at equal Dice

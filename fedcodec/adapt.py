@@ -389,12 +389,6 @@ def consistency_targets(task_net: torch.nn.Module, images: torch.Tensor) -> torc
         return (foreground_probability(task_net(images)) > 0.5).to(torch.uint8)
 
 
-def top_quality_task_loss(codec: SemanticCodec, task_net: torch.nn.Module, images: torch.Tensor,
-                          targets: torch.Tensor, quality: int) -> float:
-    """Task loss (Dice + CE) of the decoded ``images`` at ``quality`` against ``targets``, in eval mode."""
-    return float(_decoded_losses(codec, task_net, images, targets, [quality], LossWeights(0.0, 1.0))[0]["task"])
-
-
 def _fold_checks(codec: SemanticCodec, task_net: torch.nn.Module, train: tuple[torch.Tensor, torch.Tensor],
                  measure: Callable[[list | None], tuple[tuple[float, ...], list]], config: AdaptConfig,
                  global_state: Mapping[str, torch.Tensor] | None) -> tuple[tuple[float, ...], list[tuple[float, ...]]]:
@@ -464,23 +458,28 @@ def adapt(codec: SemanticCodec, task_net: torch.nn.Module, samples: Sequence[Sam
         return result
     initial = codec.group_state_dict(config.groups)
     candidates = [tuple(c) for c in config.candidates if set(c) <= set(config.groups)] or [tuple(config.groups)]
-    top = max(config.qualities or range(codec.num_qualities))
     guard_names = ["top-quality task loss", "task loss at equal rate (ratio)"]
     if unlabeled is not None:
         ux = unlabeled if isinstance(unlabeled, torch.Tensor) else _unlabeled_tensor(unlabeled, config.crop)
         ux = ux.to(device)
         ut = consistency_targets(task_net, ux)
-        guard_names.append(f"consistency on {len(ux)} unannotated scans")
+        guard_names += [f"consistency on {len(ux)} unannotated scans",
+                        f"consistency at equal rate on {len(ux)} unannotated scans (ratio)"]
 
-    def measure(check_x: torch.Tensor, check_m: torch.Tensor, reference: list[tuple[float, float]] | None
-                ) -> tuple[tuple[float, ...], list[tuple[float, float]]]:
-        """``(objective, guards...)`` on a held-out half, and the rate-task curve (the ratio's reference: the
-        starting codec's curve; None = this measurement is the start)."""
+    def measure(check_x: torch.Tensor, check_m: torch.Tensor, reference: list | None
+                ) -> tuple[tuple[float, ...], list]:
+        """``(objective, guards...)`` on a held-out half (and the unannotated scans), and the rate-task curves
+        the ratios compare (the reference: the starting codec's curves; None = this measurement is the start)."""
         objective, top_task, curve = heldout_loss(codec, task_net, check_x, check_m, config)
-        values = (objective, top_task, equal_rate_task_ratio(reference or curve, curve))
+        values = (objective, top_task, equal_rate_task_ratio(reference[0] if reference else curve, curve))
+        curves = [curve]
         if unlabeled is not None:
-            values = (*values, top_quality_task_loss(codec, task_net, ux, ut, top))
-        return values, curve
+            # the site's other scans, read by its task network: the top quality and the whole curve at equal
+            # rate, the held-out analogue of the top-quality Dice and the BD-rate a site is judged by
+            _, u_top, u_curve = heldout_loss(codec, task_net, ux, ut, config)
+            values = (*values, u_top, equal_rate_task_ratio(reference[1] if reference else u_curve, u_curve))
+            curves.append(u_curve)
+        return values, curves
 
     outcomes = []
     for groups in candidates:
@@ -518,7 +517,8 @@ def adapt(codec: SemanticCodec, task_net: torch.nn.Module, samples: Sequence[Sam
     result.metrics.update(selected_steps=float(best_step), kept=float(keep), heldout_start=base[0],
                           heldout_best=best, heldout_top_task_start=base[1], seconds=time.perf_counter() - start,
                           **({"equal_rate_task_ratio": chosen[3]} if keep else {}),
-                          **({"consistency_start": base[3]} if len(base) > 3 else {}))
+                          **({"consistency_start": base[3]} if len(base) > 3 else {}),
+                          **({"consistency_equal_rate_ratio": chosen[5]} if keep and len(chosen) > 5 else {}))
     result.reason = why
     return result
 

@@ -316,8 +316,9 @@ def build_parser() -> argparse.ArgumentParser:
     _config_flag(p, "--device", ADAPT, choices=("auto", "cpu", "cuda"), help="where adaptation runs: auto (CUDA "
                  "when present, else the CPU), cpu or cuda")
     p.add_argument("--unlabeled", default=None, help="a folder of the site's unannotated scans (masks, if any, are "
-                   "ignored): with --select holdout, crossfold or fourfold an adaptation is also refused if the task network reads them, "
-                   "decoded at the top quality, less like their originals (up to 16 are used)")
+                   "ignored): with --select holdout, crossfold or fourfold an adaptation is also refused if the task network reads them "
+                   "less like their originals, at the top quality or at equal rate over the qualities (up to 16, spread "
+                   "evenly over the folder's order)")
     _add_overwrite(p)
 
     p = sub.add_parser("evaluate", help="rate-task curves from real bitstreams")
@@ -532,9 +533,9 @@ def cmd_adapt(args: argparse.Namespace) -> None:
         log.warning("only %d annotated samples in %s (asked for %d)", len(samples), args.data, args.shots)
     unlabeled = None
     if args.unlabeled:
-        from fedcodec.data import load_samples
+        from fedcodec.data import evenly_spaced, load_samples
 
-        unlabeled = load_samples(args.unlabeled)[:16]
+        unlabeled = evenly_spaced(load_samples(args.unlabeled), 16)
         if not unlabeled:
             raise _usage(f"--unlabeled {args.unlabeled} holds no images")
     base_id = codec.identity_hash(["base"])

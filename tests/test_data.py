@@ -319,3 +319,11 @@ def test_sample_validates_its_arrays():
         Sample(np.zeros((4, 4), np.uint8), None, "x", 16, (0, 1))
     with pytest.raises(DataError, match="mask shape"):
         Sample(np.zeros((4, 4), np.uint8), np.zeros((4, 5), np.uint8), "x", 8, (0, 255))
+
+
+def test_evenly_spaced_keeps_order_and_both_ends():
+    from fedcodec.data import evenly_spaced
+
+    assert evenly_spaced(list(range(10)), 4) == [0, 3, 6, 9]
+    assert evenly_spaced(list(range(3)), 8) == [0, 1, 2]
+    assert evenly_spaced(list(range(5)), 1) == [0] and evenly_spaced([], 3) == [] and evenly_spaced([1], 0) == []

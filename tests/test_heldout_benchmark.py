@@ -90,3 +90,14 @@ def test_more_shots_extend_the_same_draw():
     assert len(eight) == 8 and len(twelve) == 12
     assert all(np.array_equal(a.image, b.image) and np.array_equal(a.mask, b.mask) for a, b in zip(eight, twelve))
     assert all(np.array_equal(a.image, b.image) for a, b in zip(evaluation, same_evaluation))
+
+
+def test_unannotated_scans_leave_out_the_shots_drop_the_masks_and_spread_over_the_archive():
+    archive, shots, _ = heldout.site_data("h1", 1, 20)
+    scans = heldout.unannotated_scans(archive, shots[:1], n=5)
+    names = [s.name for s in archive if s.name != shots[0].name]
+    positions = [names.index(s.name) for s in scans]
+    assert len(scans) == 5 and positions[0] == 0 and positions[-1] == len(names) - 1
+    assert all(b - a >= 3 for a, b in zip(positions, positions[1:]))   # spread, not the first five
+    assert all(s.mask is None for s in scans) and shots[0].name not in {s.name for s in scans}
+    assert all(a.mask is not None for a in archive)   # the archive itself keeps its annotations

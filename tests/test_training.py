@@ -444,7 +444,7 @@ def test_adapt_that_cannot_help_leaves_the_codec_exactly_as_it_was(task_net, sho
 
 
 def test_adapt_checks_unannotated_scans_against_what_the_task_network_reads_in_the_originals(task_net, shots):
-    from fedcodec.adapt import consistency_targets, top_quality_task_loss
+    from fedcodec.adapt import consistency_targets, heldout_loss, resolved
 
     codec = make_tiny_codec(0)
     scans = make_phantoms(3, seed=99, size=128, hospital=2)
@@ -452,9 +452,17 @@ def test_adapt_checks_unannotated_scans_against_what_the_task_network_reads_in_t
     targets = consistency_targets(task_net, images)
     assert targets.shape == images.shape and targets.dtype == torch.uint8
     # a decoded image at the top quality reads closer to the original than at the lowest one
-    assert top_quality_task_loss(codec, task_net, images, targets, 3) <= \
-        top_quality_task_loss(codec, task_net, images, targets, 0) + 1e-6
+    _, top_task, curve = heldout_loss(codec, task_net, images, targets, resolved(AdaptConfig(qualities=(0, 3)), codec))
+    assert top_task == curve[-1][1] <= curve[0][1] + 1e-6 and curve[-1][0] > curve[0][0]
     unannotated = [type(s)(s.image, None, s.name, s.bit_depth, s.window) for s in scans]
     result = adapt(codec, task_net, shots[:1], AdaptConfig(steps=10, lr=1e-2, check_every=5), unlabeled=unannotated)
     assert "consistency_start" in result.metrics
-    assert result.metrics["kept"] == 0.0 or "consistency on 3 unannotated scans" in result.reason
+    assert "consistency at equal rate on 3 unannotated scans (ratio) 1.0000 ->" in result.reason
+    if result.metrics["kept"]:
+        assert 0.0 < result.metrics["consistency_equal_rate_ratio"] <= 1.0
+    # the scans' curve at equal rate is a guard of its own: a check that reads them worse is refused
+    from fedcodec.adapt import choose_steps
+
+    names = ("top-quality task loss", "task loss at equal rate (ratio)", "consistency", "consistency at equal rate")
+    assert choose_steps((1.0, 0.5, 1.0, 0.2, 1.0), [(10, 0.9, 0.5, 0.9, 0.2, 1.04)], 0.005, 0.0, names)[0] == 0
+    assert choose_steps((1.0, 0.5, 1.0, 0.2, 1.0), [(10, 0.9, 0.5, 0.9, 0.2, 0.96)], 0.005, 0.0, names)[0] == 10

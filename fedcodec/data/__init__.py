@@ -37,12 +37,13 @@ from fedcodec.data.folder import WINDOWS_FILE, load_folder, write_folder
 from fedcodec.data.images import IMAGE_SUFFIXES, read_image, read_mask
 from fedcodec.data.nifti import load_nifti
 from fedcodec.data.phantoms import DomainShift, hospital_shift, make_phantom, make_phantoms
-from fedcodec.data.sample import PathLike, Sample
+from fedcodec.data.sample import PathLike, Sample, evenly_spaced
 from fedcodec.data.sources import load_data, load_samples, split_pair
 from fedcodec.data.windowing import Window, check_window, default_window, denormalize, minmax_window, normalize
 
 __all__ = [
     "Sample",
+    "evenly_spaced",
     "Window",
     "normalize",
     "denormalize",

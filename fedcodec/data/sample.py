@@ -55,3 +55,12 @@ class Sample:
                 raise DataError(f"{where}: mask shape {getattr(m, 'shape', None)} differs from image shape {img.shape}")
             if m.dtype != np.uint8 or (m.size and m.max() > 1):
                 raise DataError(f"{where}: mask must be uint8 with values in {{0, 1}}")
+
+
+def evenly_spaced(items: list, n: int) -> list:
+    """``n`` of ``items`` spread evenly over the list, in order, first and last included (all of them when there are
+    no more than ``n``): a series' slices are ordered, and its first few are its edge (a head's first slices hold
+    little brain), not a fair sample of it."""
+    if n <= 0 or not items:
+        return []
+    return [items[i] for i in np.linspace(0, len(items) - 1, min(n, len(items))).round().astype(int)]
