@@ -137,6 +137,11 @@ class AdaptConfig:
     # (benchmarks/results/heldout/experiment_adapt_candidates.json). Twice the selection time. Without a held-out
     # selection (select "none", DP) only ``groups`` trains.
     candidates: tuple[tuple[str, ...], ...] = (ADAPTABLE_GROUPS, ("policy",))
+    # With the site's unannotated scans (adapt(unlabeled=), ArchiveCheck): the most an adaptation may cost on
+    # them against the starting codec, BD-rate on Dice in % and top-quality Dice; the same thresholds that call a
+    # K=1 draw worse in benchmarks/heldout.py (its WORSE_BD, WORSE_TOP_DICE).
+    archive_bd_rate: float = 1.0
+    archive_top_dice: float = 0.005
     device: str = "auto"              # where training runs: auto (CUDA when present), cpu, cuda
 
 
@@ -543,41 +548,70 @@ def rank_candidates(outcomes: Sequence[CandidateOutcome]) -> list[CandidateOutco
 
 
 class ArchiveCheck:
-    """The acceptance test on a site's unannotated scans (``adapt(unlabeled=)``): an adapted codec passes when
-    its task network reads the scans, decoded, no less like their uncompressed originals
-    (:func:`consistency_targets`) than through the starting codec, both over the curve at equal rate
-    (:func:`equal_rate_task_ratio` <= 1: the analogue of a BD-rate no worse) and at the top quality (by at most
-    ``config.task_tolerance``, relative).
+    """The acceptance test on a site's unannotated scans (``adapt(unlabeled=)``): the rule that calls an adapted
+    codec worse than the pretrained one on held-out annotated images (BD-rate on Dice above
+    ``config.archive_bd_rate`` %, or top-quality Dice down by more than ``config.archive_top_dice``), applied to
+    the scans with what the task network reads in their uncompressed originals (:func:`consistency_targets`) in
+    place of annotations; an adapted codec passes when that rule does not call it worse than the starting codec.
 
     Why after the refit, not inside the fold checks: it judges the codec that will be shipped, and once per
-    candidate, not at every check. One annotated slice cannot show what the site's other scans need; on 30 brain
-    MR K=1 draws the folds alone left 6 worse, the fold checks with these scans as guards left 1 worse but kept
-    only 4 adaptations (benchmarks/results/heldout/experiment_unlabeled_infold_mr.json).
+    candidate, not at every check. Why Dice and a BD-rate rather than the task loss: a top-quality loss that
+    must not rise at all refused gains of 19-29 % on hospital 1 for a rise of 1-2 % in a loss whose Dice moved
+    less than the benchmark's own tolerance. One annotated slice cannot show what the site's other scans need;
+    on 30 brain-MR K=1 draws the folds alone left 6 worse, the fold checks with these scans as guards left 1
+    worse but kept only 4 adaptations (benchmarks/results/heldout/experiment_unlabeled_infold_mr.json).
     """
 
     def __init__(self, codec: SemanticCodec, task_net: torch.nn.Module, scans: Sequence[Sample] | torch.Tensor,
                  config: AdaptConfig, device: torch.device) -> None:
         self.images = (scans if isinstance(scans, torch.Tensor) else _unlabeled_tensor(scans, config.crop)).to(device)
-        self.targets = consistency_targets(task_net, self.images)
+        self.targets = consistency_targets(task_net, self.images).float()
         self.task_net, self.config = task_net, config
-        _, self.start_top, self.start_curve = heldout_loss(codec, task_net, self.images, self.targets, config)
+        self.qualities = sorted(config.qualities or range(codec.num_qualities))
+        self.start = self.reading(codec)
         self.last: tuple[float, float] | None = None
+
+    @torch.no_grad()
+    def reading(self, codec: SemanticCodec) -> list[tuple[float, float]]:
+        """``(bpp, mean Dice)`` per quality of the scans as decoding sees them (rounded latents, eval mode), the
+        Dice of the task network's reading of each decoded scan against its reading of the original."""
+        from monai.metrics import compute_dice
+
+        from fedcodec.codec import bits_per_pixel
+        from fedcodec.task_net import foreground_probability
+
+        points = []
+        with _evaluating(codec):
+            for q in self.qualities:
+                quality = torch.full((len(self.images),), q, dtype=torch.long, device=self.images.device)
+                out = codec(self.images, quality, noisy=False)
+                bpp = float(bits_per_pixel(out["likelihoods"], self.images.shape[-2] * self.images.shape[-1]).mean())
+                read = (foreground_probability(self.task_net(codec.task_input(out["x_hat"]))) > 0.5).float()
+                dice = compute_dice(read, self.targets, include_background=True, ignore_empty=False)
+                points.append((bpp, float(dice.mean())))
+        return points
 
     def judge(self, codec: SemanticCodec) -> tuple[bool, str]:
         """``(passed, what was measured)`` for ``codec`` (the adapted one) against the starting codec."""
-        _, top, curve = heldout_loss(codec, self.task_net, self.images, self.targets, self.config)
-        ratio = equal_rate_task_ratio(self.start_curve, curve)
-        self.last = (top, ratio)
-        passed = ratio <= 1.0 and top <= self.start_top * (1 + self.config.task_tolerance)
-        return passed, (f"{'passed' if passed else 'refused'} on {len(self.images)} unannotated scans (consistency "
-                        f"at equal rate (ratio) 1.0000 -> {ratio:.4f}, at the top quality {self.start_top:.4f} -> "
-                        f"{top:.4f})")
+        from fedcodec.bdrate import bd_rate
+        from fedcodec.errors import FedcodecError
+
+        new = self.reading(codec)
+        try:
+            bd = bd_rate(*zip(*self.start), *zip(*new)).bd_rate_percent
+        except FedcodecError:   # no common Dice range: nothing shows it is no worse
+            bd = math.inf
+        top_start, top = self.start[-1][1], new[-1][1]
+        self.last = (bd, top)
+        passed = bd <= self.config.archive_bd_rate and top >= top_start - self.config.archive_top_dice
+        return passed, (f"{'passed' if passed else 'refused'} on {len(self.images)} unannotated scans (BD-rate on "
+                        f"Dice against the starting codec {bd:+.1f} %, top-quality Dice {top_start:.4f} -> {top:.4f})")
 
     def metrics(self) -> dict[str, float]:
-        """The starting codec's top-quality consistency and the last judged codec's (with its equal-rate ratio)."""
-        out = {"consistency_start": self.start_top}
+        """The starting codec's top-quality Dice on the scans, and the last judged codec's with its BD-rate."""
+        out = {"archive_top_dice_start": self.start[-1][1]}
         if self.last is not None:
-            out.update(consistency_last=self.last[0], consistency_equal_rate_ratio=self.last[1])
+            out.update(archive_bd_rate=self.last[0], archive_top_dice=self.last[1])
         return out
 
 

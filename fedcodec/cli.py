@@ -538,6 +538,10 @@ def cmd_adapt(args: argparse.Namespace) -> None:
         unlabeled = evenly_spaced(load_samples(args.unlabeled), 16)
         if not unlabeled:
             raise _usage(f"--unlabeled {args.unlabeled} holds no images")
+    elif config.select != "none" and config.dp is None:
+        log.warning("no --unlabeled: the adaptation is judged on the shots alone, which cannot show how the site's "
+                    "other scans read (on brain MR that left 6 of 30 K=1 draws worse than the pretrained codec); "
+                    "give a folder of the site's unannotated scans to check it on them")
     base_id = codec.identity_hash(["base"])
     config = resolved(config, codec)   # the loss weights the run used, written into the record
     result = adapt(codec, task_net, samples, config, progress=True, unlabeled=unlabeled)

@@ -166,7 +166,7 @@ def test_adapt_checks_unannotated_scans(tmp_path, capsys, tiny_codec_path, tiny_
                             phantom_dir, "--shots", 1, "--steps", 3, "--unlabeled", phantom_dir, "--out", out)
     assert code == 0, err
     record = json.loads((tmp_path / "adapted.pt.json").read_text())
-    assert record["unlabeled"] and "consistency_start" in record["metrics"]
+    assert record["unlabeled"] and "archive_top_dice_start" in record["metrics"]
     assert record["selection"] in stdout
     (tmp_path / "empty").mkdir()
     expect_error(capsys, "", "adapt", "--model", tiny_codec_path, "--task", tiny_task_path, "--data", phantom_dir,

@@ -101,3 +101,9 @@ def test_unannotated_scans_leave_out_the_shots_drop_the_masks_and_spread_over_th
     assert all(b - a >= 3 for a, b in zip(positions, positions[1:]))   # spread, not the first five
     assert all(s.mask is None for s in scans) and shots[0].name not in {s.name for s in scans}
     assert all(a.mask is not None for a in archive)   # the archive itself keeps its annotations
+
+
+def test_the_archive_check_calls_worse_what_the_scoreboard_calls_worse():
+    from fedcodec.adapt import AdaptConfig
+
+    assert (AdaptConfig.archive_bd_rate, AdaptConfig.archive_top_dice) == (heldout.WORSE_BD, heldout.WORSE_TOP_DICE)

@@ -332,7 +332,7 @@ def test_choose_steps_keeps_only_what_beats_the_start_without_costing_the_top_qu
     step, why = choose_steps(base, [(10, 0.998, 0.40)], 0.005, 0.02)
     assert step == 0 and "no step count beat" in why
     assert choose_steps(base, [], 0.005, 0.02)[0] == 0
-    # a second guard (consistency on unannotated scans) vetoes what the shot alone would keep
+    # a second guard vetoes what the first alone would keep
     step, why = choose_steps((1.0, 0.5, 0.2), [(10, 0.8, 0.45, 0.3), (20, 0.9, 0.5, 0.2)], 0.005, 0.02,
                              ("top", "consistency"))
     assert step == 20 and "consistency 0.2000 -> 0.2000" in why
@@ -457,11 +457,11 @@ def test_adapt_checks_unannotated_scans_against_what_the_task_network_reads_in_t
     unannotated = [type(s)(s.image, None, s.name, s.bit_depth, s.window) for s in scans]
     config = AdaptConfig(steps=20, lr=5e-2, check_every=5, prox_mu=0.0)
     result = adapt(codec, task_net, shots[:1], config, unlabeled=unannotated)
-    assert "consistency_start" in result.metrics
+    assert 0.0 <= result.metrics["archive_top_dice_start"] <= 1.0
     if result.metrics["kept"]:   # what was kept passed the check on the scans
         assert "passed on 3 unannotated scans" in result.reason
-        assert result.metrics["consistency_equal_rate_ratio"] <= 1.0
-        assert result.metrics["consistency_last"] <= result.metrics["consistency_start"]
+        assert result.metrics["archive_bd_rate"] <= config.archive_bd_rate
+        assert result.metrics["archive_top_dice"] >= result.metrics["archive_top_dice_start"] - config.archive_top_dice
 
 
 def test_archive_check_passes_the_starting_codec_and_refuses_a_damaged_one(task_net):
@@ -471,14 +471,17 @@ def test_archive_check_passes_the_starting_codec_and_refuses_a_damaged_one(task_
     scans = samples_to_tensors(make_phantoms(3, seed=99, size=128, hospital=2))[0]
     check = ArchiveCheck(codec, task_net, scans, resolved(AdaptConfig(), codec), torch.device("cpu"))
     passed, why = check.judge(codec)
-    assert passed and "(ratio) 1.0000 -> 1.0000" in why
+    assert passed and "against the starting codec +0.0 %" in why
+    assert [q for q, _ in enumerate(check.start)] == list(range(codec.num_qualities))
+    assert check.start[0][0] < check.start[-1][0]   # bpp rises with the quality
     with torch.no_grad():   # adapters that scramble the latents: the network reads the scans worse at every rate
         for name, p in codec.named_parameters():
             if name.startswith("adapters"):
                 p.add_(torch.randn_like(p) * 0.5)
     passed, why = check.judge(codec)
     assert not passed and why.startswith("refused on 3 unannotated scans")
-    assert check.metrics()["consistency_last"] > check.metrics()["consistency_start"]
+    m = check.metrics()
+    assert m["archive_bd_rate"] > 1.0 or m["archive_top_dice"] < m["archive_top_dice_start"] - 0.005
 
 
 def test_adapt_tries_the_next_candidate_when_the_archive_refuses_one_and_else_keeps_the_start(task_net, shots,
