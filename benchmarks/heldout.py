@@ -64,9 +64,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "compare only when read by the same networks, and retraining them (e.g. with another thread "
                    "count) gives other networks")
     p.add_argument("--md", default=str(REPO / "BENCHMARKS.md"), help="BENCHMARKS.md to update ('' = none)")
-    p.add_argument("--unlabeled", type=int, default=0, choices=(0, 1), help="1: adapt also checks 8 of the "
-                   "site's unannotated archive scans (fedcodec adapt --unlabeled); 0 (the scoreboard's): the "
-                   "shots alone")
+    p.add_argument("--unlabeled", type=int, default=0, choices=(0, 1), help="1: adapt's refit codec must also "
+                   "pass the archive check on 8 of the site's unannotated archive scans, spread over it (fedcodec "
+                   "adapt --unlabeled, ArchiveCheck); 0 (the scoreboard's): the shots alone")
     p.add_argument("--compare", default="", help="results.json files of other codecs measured with this script "
                    "(same sets and segmenters), comma-separated: a side-by-side table and the side-information "
                    "counterfactual are added")
