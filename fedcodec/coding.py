@@ -161,6 +161,14 @@ def decode_image(codec: SemanticCodec, data: bytes, task_ready: bool = False,
     boxes = header.tile_boxes()
     for i, ((top, left, th, tw), strings) in enumerate(zip(boxes, tiles)):
         where = f" in tile {i}" if header.tile else ""
-        x_hat = _decode_tile(codec, strings, th, tw, header.quality, task_ready, where, header.portable)
+        try:
+            x_hat = _decode_tile(codec, strings, th, tw, header.quality, task_ready, where, header.portable)
+        except BitstreamError as e:
+            if header.portable:
+                raise
+            # version 1 chose its coding tables in float32: another CPU or thread count can pick other tables
+            raise BitstreamError(f"{e} (a container version {header.version} stream: its coding tables were "
+                                 "computed in float32 and decode only where the arithmetic matches the encoder's "
+                                 "CPU and thread count; re-encode it with this version)") from e
         out[top:top + th, left:left + tw] = denormalize(x_hat, header.window, header.bit_depth)
     return out, header

@@ -11,6 +11,7 @@ from fedcodec.bitstream import unpack
 from fedcodec.codec import SemanticCodec
 from fedcodec.coding import decode_image, encode_image, image_to_tensor
 from fedcodec.data import make_phantoms
+from fedcodec.errors import BitstreamError
 
 
 @pytest.fixture
@@ -112,7 +113,11 @@ def test_version1_bitstreams_still_decode(threads, name):
     data = (folder / f"{name}.fcd").read_bytes()
     assert data[3] == 1
     # written by the embedded default of 2026-11-23, which ships on beside the current one for such streams
-    image, header = decode_image(load_codec(embedded_codec_for(data[4:10])), data)
+    try:
+        image, header = decode_image(load_codec(embedded_codec_for(data[4:10])), data)
+    except BitstreamError as e:   # on a CPU whose float32 arithmetic differs: refused by name, never garbage
+        assert "container version 1 stream" in str(e) and "re-encode" in str(e)
+        return
     assert header.version == 1 and not header.portable
     old = np.asarray(Image.open(folder / f"{name}.png"))
     assert image.dtype == old.dtype and image.shape == old.shape
@@ -159,6 +164,16 @@ def test_cli_decodes_a_stream_of_an_earlier_default_without_model(tmp_path, thre
     from fedcodec.model_io import load_codec
 
     src = Path(__file__).parent / "data" / folder / f"{name}.fcd"
+    if folder == "bitstreams_v1" and src.read_bytes()[3] == 1:
+        from fedcodec.model_io import embedded_codec_for
+
+        try:   # version 1 is not portable (see test_version1_bitstreams_still_decode)
+            decode_image(load_codec(embedded_codec_for(src.read_bytes()[4:10])), src.read_bytes())
+        except BitstreamError as e:
+            assert "container version 1 stream" in str(e)
+            assert main(["decode", str(src), str(tmp_path / "out.png")]) == 2   # a clear error, no output
+            assert not (tmp_path / "out.png").exists()
+            return
     assert main(["decode", str(src), str(tmp_path / "out.png")]) == 0
     old = np.asarray(Image.open(src.with_suffix(".png")))
     new = np.asarray(Image.open(tmp_path / "out.png"))
