@@ -292,12 +292,16 @@ def _decoded_losses(codec: SemanticCodec, task_net: torch.nn.Module, images: tor
     """:class:`SemanticLoss` terms of ``images`` as decoding sees them (rounded latents, eval mode), one dict per
     quality in ``qualities``."""
     loss_fn = SemanticLoss(weights, codec.num_qualities).to(images.device)
-    out = []
+    return [loss_fn(out, images, masks, quality, task_net, codec) for quality, out in _decoded(codec, images, qualities)]
+
+
+def _decoded(codec: SemanticCodec, images: torch.Tensor, qualities: Sequence[int]):
+    """``(quality, codec output)`` per quality in ``qualities`` as decoding sees them (rounded latents, eval
+    mode; the quality a ``(B,)`` tensor). Consume it whole: eval mode lasts while it runs."""
     with _evaluating(codec):
         for q in qualities:
             quality = torch.full((images.shape[0],), q, dtype=torch.long, device=images.device)
-            out.append(loss_fn(codec(images, quality, noisy=False), images, masks, quality, task_net, codec))
-    return out
+            yield quality, codec(images, quality, noisy=False)
 
 
 def heldout_loss(codec: SemanticCodec, task_net: torch.nn.Module, images: torch.Tensor, masks: torch.Tensor,
@@ -436,8 +440,9 @@ def adapt(codec: SemanticCodec, task_net: torch.nn.Module, samples: Sequence[Sam
     what each candidate's selection found.
 
     ``unlabeled``: the site's unannotated scans (samples, or ``(N, 1, H, W)`` images in [0, 1]); with them the
-    codec refit on the whole shots must also pass :class:`ArchiveCheck` (its task network reads the scans no
-    worse at equal rate, nor at the top quality, than through the starting codec), else the next candidate is
+    codec refit on the whole shots must also pass :class:`ArchiveCheck` (with the task network's reading of the
+    originals as annotation, the scoreboard's rule for "worse" does not call it worse than the starting codec:
+    BD-rate on Dice, top-quality Dice), else the next candidate is
     tried, else the starting codec stays: one shot cannot show over-fitting to itself, other scans of the site
     can. Ignored without a held-out selection (select "none", DP).
 
@@ -581,14 +586,11 @@ class ArchiveCheck:
         from fedcodec.task_net import foreground_probability
 
         points = []
-        with _evaluating(codec):
-            for q in self.qualities:
-                quality = torch.full((len(self.images),), q, dtype=torch.long, device=self.images.device)
-                out = codec(self.images, quality, noisy=False)
-                bpp = float(bits_per_pixel(out["likelihoods"], self.images.shape[-2] * self.images.shape[-1]).mean())
-                read = (foreground_probability(self.task_net(codec.task_input(out["x_hat"]))) > 0.5).float()
-                dice = compute_dice(read, self.targets, include_background=True, ignore_empty=False)
-                points.append((bpp, float(dice.mean())))
+        for _, out in _decoded(codec, self.images, self.qualities):
+            bpp = float(bits_per_pixel(out["likelihoods"], self.images.shape[-2] * self.images.shape[-1]).mean())
+            read = (foreground_probability(self.task_net(codec.task_input(out["x_hat"]))) > 0.5).float()
+            dice = compute_dice(read, self.targets, include_background=True, ignore_empty=False)
+            points.append((bpp, float(dice.mean())))
         return points
 
     def judge(self, codec: SemanticCodec) -> tuple[bool, str]:

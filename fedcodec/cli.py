@@ -316,9 +316,9 @@ def build_parser() -> argparse.ArgumentParser:
     _config_flag(p, "--device", ADAPT, choices=("auto", "cpu", "cuda"), help="where adaptation runs: auto (CUDA "
                  "when present, else the CPU), cpu or cuda")
     p.add_argument("--unlabeled", default=None, help="a folder of the site's unannotated scans (masks, if any, are "
-                   "ignored): with --select holdout, crossfold or fourfold an adaptation is also refused if the task network reads them "
-                   "less like their originals, at the top quality or at equal rate over the qualities (up to 16, spread "
-                   "evenly over the folder's order)")
+                   "ignored): with --select holdout, crossfold or fourfold the adapted codec is also refused if, with the task network's "
+                   "reading of the originals as annotation, it needs over 1 %% more bits than the starting codec at equal Dice "
+                   "or loses over 0.005 top-quality Dice on them (up to 16, spread evenly over the folder's order)")
     _add_overwrite(p)
 
     p = sub.add_parser("evaluate", help="rate-task curves from real bitstreams")
