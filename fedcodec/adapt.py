@@ -457,6 +457,8 @@ def adapt(codec: SemanticCodec, task_net: torch.nn.Module, samples: Sequence[Sam
     images, masks = images.to(device), masks.to(device)
     if config.select not in SELECTIONS:
         raise ValueError(f"unknown adaptation selection {config.select!r}; use one of {SELECTIONS}")
+    if config.split not in SPLITS:   # checked here too: select "none" and DP never reach holdout_folds
+        raise ValueError(f"unknown held-out split {config.split!r}; use one of {tuple(SPLITS)}")
     for c in config.candidates:
         if not c or set(c) - set(ADAPTABLE_GROUPS):
             raise ValueError(f"adaptation candidate {c} is not a non-empty set of the groups {ADAPTABLE_GROUPS}")

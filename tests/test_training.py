@@ -353,6 +353,9 @@ def test_crossfold_selection_averages_the_two_folds_relative_to_their_starts(tas
     assert [c[0] for c in combine_folds([folds[0], (folds[1][0], folds[1][1][:1])])[1]] == [10]
     with pytest.raises(ValueError, match="unknown adaptation selection"):
         adapt(make_tiny_codec(0), task_net, shots[:1], AdaptConfig(steps=2, select="twofold"))
+    for select in ("none", "crossfold"):   # an unknown split is refused even where no fold would use it
+        with pytest.raises(ValueError, match="unknown held-out split"):
+            adapt(make_tiny_codec(0), task_net, shots[:1], AdaptConfig(steps=2, select=select, split="diagonal"))
 
 
 @pytest.mark.parametrize("select, folds", [("crossfold", 2), ("fourfold", 4)])
