@@ -279,9 +279,10 @@ def run_set(name: str, codec, args, out: Path) -> dict:
             draws.append(draw_summary(first, entry, res["codecs"]["pretrained"]["points"],
                                       res["codecs"].get("hevc", {}).get("points")))
             d = draws[-1]
-            log.info("%s: K=1 draw %d/%d (shot %d): kept %s, BD-rate vs pretrained %+.1f %%%s", name, len(draws),
-                     max(1, args.draws), first, "+".join(d["trained"]) or "nothing", d["bd_vs_pretrained"] or 0.0,
-                     " WORSE" if d["worse"] else "")
+            bd = d["bd_vs_pretrained"]
+            log.info("%s: K=1 draw %d/%d (shot %d): kept %s, BD-rate vs pretrained %s%s", name, len(draws),
+                     max(1, args.draws), first, "+".join(d["trained"]) or "nothing",
+                     "n/a (no common Dice range)" if bd is None else f"{bd:+.1f} %", " WORSE" if d["worse"] else "")
     if draws:
         res["k1_draws"] = draws
     add_bd_rates(res)
