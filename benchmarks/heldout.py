@@ -65,8 +65,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "count) gives other networks")
     p.add_argument("--md", default=str(REPO / "BENCHMARKS.md"), help="BENCHMARKS.md to update ('' = none)")
     p.add_argument("--unlabeled", type=int, default=0, choices=(0, 1), help="1: adapt's refit codec must also "
-                   "pass the archive check on 8 of the site's unannotated archive scans, spread over it (fedcodec "
-                   "adapt --unlabeled, ArchiveCheck); 0 (the scoreboard's): the shots alone")
+                   "pass the archive check on 16 of the site's unannotated archive scans, spread over it, as fedcodec "
+                   "adapt --unlabeled does (ArchiveCheck); 0 (the scoreboard's): the shots alone")
     p.add_argument("--compare", default="", help="results.json files of other codecs measured with this script "
                    "(same sets and segmenters), comma-separated: a side-by-side table and the side-information "
                    "counterfactual are added")
@@ -294,7 +294,7 @@ def run_set(name: str, codec, args, out: Path) -> dict:
     return res
 
 
-def unannotated_scans(archive: list, shots: list, n: int = 8) -> list:
+def unannotated_scans(archive: list, shots: list, n: int = 16) -> list:
     """The site's unannotated scans for ``adapt(unlabeled=)``: ``n`` of its archive (the segmenter's images)
     without the shots, spread evenly over it as the evaluation slices are (the first ``n`` of a series are its
     edge: a head's first slices hold little brain), their masks dropped."""

@@ -463,8 +463,9 @@ def test_adapt_checks_unannotated_scans_against_what_the_task_network_reads_in_t
     assert 0.0 <= result.metrics["archive_top_dice_start"] <= 1.0
     if result.metrics["kept"]:   # what was kept passed the check on the scans
         assert "passed on 3 unannotated scans" in result.reason
-        assert result.metrics["archive_bd_rate"] <= config.archive_bd_rate
-        assert result.metrics["archive_top_dice"] >= result.metrics["archive_top_dice_start"] - config.archive_top_dice
+        m = result.metrics
+        assert m["archive_bd_rate_limit"] >= config.archive_bd_rate and m["archive_bd_rate"] <= m["archive_bd_rate_limit"]
+        assert m["archive_top_dice"] >= m["archive_top_dice_start"] - m["archive_top_dice_limit"]
 
 
 def test_archive_check_passes_the_starting_codec_and_refuses_a_damaged_one(task_net):
@@ -485,6 +486,43 @@ def test_archive_check_passes_the_starting_codec_and_refuses_a_damaged_one(task_
     assert not passed and why.startswith("refused on 3 unannotated scans")
     m = check.metrics()
     assert m["archive_bd_rate"] > 1.0 or m["archive_top_dice"] < m["archive_top_dice_start"] - 0.005
+
+
+def test_archive_limits_widen_only_as_far_as_the_shots_annotation_calls_the_move_right(task_net):
+    from fedcodec.adapt import ArchiveCheck, resolved
+
+    codec = make_tiny_codec(0)
+    scans = samples_to_tensors(make_phantoms(3, seed=99, size=128, hospital=2))[0]
+    shots = samples_to_tensors(make_phantoms(1, seed=7, size=128, hospital=2))
+    config = resolved(AdaptConfig(archive_relative_to_shots=True), codec)
+    check = ArchiveCheck(codec, task_net, scans, config, torch.device("cpu"), shots=shots)
+    base = (config.archive_bd_rate, config.archive_top_dice)
+    # the starting codec: the shot's reading has not moved, no allowance, and it passes
+    assert check.allowance(codec)[:2] == base and check.judge(codec)[0]
+    # a codec that wrecks the latents reads the shot further from its annotation too: no allowance, refused
+    damaged = make_tiny_codec(0)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, p in damaged.named_parameters():
+            if name.startswith("adapters"):
+                p.add_(torch.randn_like(p) * 0.5)
+    bd_limit, top_limit, why = check.allowance(damaged)
+    assert (bd_limit, top_limit) == base and "no allowance" in why
+    passed, why = check.judge(damaged)
+    assert not passed and "no allowance" in why
+    # the rule on given readings (bpp, Dice against the original's reading, Dice against the annotation) per
+    # quality: moved away from the original's reading (-0.02 at the top) and towards the annotation (+0.03)
+    check.shots_start = [(0.1, 0.90, 0.80), (0.2, 0.95, 0.85), (0.4, 0.99, 0.90)]
+    right = [(0.1, 0.88, 0.83), (0.2, 0.93, 0.88), (0.4, 0.97, 0.93)]
+    wrong = [(0.1, 0.88, 0.77), (0.2, 0.93, 0.82), (0.4, 0.97, 0.87)]
+    check._points = lambda codec, *targets: right
+    bd_limit, top_limit, why = check.allowance(codec)
+    assert bd_limit > base[0] and top_limit == pytest.approx(base[1] + 0.02) and "towards their annotation" in why
+    check._points = lambda codec, *targets: wrong
+    assert check.allowance(codec)[:2] == base
+    # without relative limits (the default) the shots are ignored
+    plain = ArchiveCheck(codec, task_net, scans, resolved(AdaptConfig(), codec), torch.device("cpu"), shots=shots)
+    assert plain.shots is None and plain.allowance(damaged)[:2] == base
 
 
 def test_adapt_tries_the_next_candidate_when_the_archive_refuses_one_and_else_keeps_the_start(task_net, shots,
