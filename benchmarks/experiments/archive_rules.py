@@ -78,7 +78,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import dataclasses
 import json
 import math
 import sys
@@ -250,7 +249,9 @@ def main() -> int:
             t = time.time()
             A.ArchiveCheck, A.train_subset = rec, _remembering(groups_seen)
             try:
-                r = A.adapt(copy.deepcopy(codec), seg, group, config, unlabeled=[dataclasses.replace(group[0])])
+                # any non-None unlabeled makes adapt build its archive check, here the recorder (which reads
+                # its own scans); the shot is passed only as a placeholder
+                r = A.adapt(copy.deepcopy(codec), seg, group, config, unlabeled=list(group))
             finally:
                 A.ArchiveCheck, A.train_subset = original, original_train
             cands = []
