@@ -600,25 +600,13 @@ class ArchiveCheck:
             x, m = shots[0].to(device), shots[1].to(device).float()
             self.shots = (x, consistency_targets(task_net, x).float(), m)
             self.shots_start = self._points(codec, *self.shots)
-        self.last: tuple[float, float] | None = None
-        self.allowed = (config.archive_bd_rate, config.archive_top_dice)
+        self.last: tuple[float, float, float, float] | None = None   # BD-rate, top Dice, and their limits
 
-    @torch.no_grad()
     def _points(self, codec: SemanticCodec, images: torch.Tensor,
                 *targets: torch.Tensor) -> list[tuple[float, ...]]:
         """``(bpp, mean Dice against each of targets...)`` per quality of ``images`` as decoding sees them."""
-        from monai.metrics import compute_dice
-
-        from fedcodec.codec import bits_per_pixel
-        from fedcodec.task_net import foreground_probability
-
-        points = []
-        for _, out in _decoded(codec, images, self.qualities):
-            bpp = float(bits_per_pixel(out["likelihoods"], images.shape[-2] * images.shape[-1]).mean())
-            read = (foreground_probability(self.task_net(codec.task_input(out["x_hat"]))) > 0.5).float()
-            points.append((bpp, *(float(compute_dice(read, t, include_background=True, ignore_empty=False).mean())
-                                   for t in targets)))
-        return points
+        return [tuple(float(v.mean()) for v in per_image)
+                for per_image in decoded_readings(codec, self.task_net, images, self.qualities, *targets)]
 
     def reading(self, codec: SemanticCodec) -> list[tuple[float, float]]:
         """``(bpp, mean Dice)`` per quality of the scans as decoding sees them (rounded latents, eval mode), the
@@ -639,11 +627,11 @@ class ArchiveCheck:
                                          f"on true-mask Dice {truth:+.1f} %, top-quality {self.shots_start[-1][2]:.4f}"
                                          f" -> {new[-1][2]:.4f}): no allowance")
         bd_extra = max(0.0, consistency) if math.isfinite(consistency) else 0.0
-        top_extra = max(0.0, self.shots_start[-1][1] - new[-1][1])
+        top_moved = self.shots_start[-1][1] - new[-1][1]
+        top_extra = max(0.0, top_moved)
         return bd_limit + bd_extra, top_limit + top_extra, (
             f"; limits {bd_limit + bd_extra:+.1f} % and {top_limit + top_extra:.4f}: the shots' reading moved from "
-            f"the originals' by {consistency:+.1f} % and {self.shots_start[-1][1] - new[-1][1]:+.4f}, towards their "
-            f"annotation ({truth:+.1f} %)")
+            f"the originals' by {consistency:+.1f} % and {top_moved:+.4f}, towards their annotation ({truth:+.1f} %)")
 
     def judge(self, codec: SemanticCodec) -> tuple[bool, str]:
         """``(passed, what was measured)`` for ``codec`` (the adapted one) against the starting codec."""
@@ -651,7 +639,7 @@ class ArchiveCheck:
         bd = _bd_rate(self.start, new)
         top_start, top = self.start[-1][1], new[-1][1]
         bd_limit, top_limit, why = self.allowance(codec)
-        self.last, self.allowed = (bd, top), (bd_limit, top_limit)
+        self.last = (bd, top, bd_limit, top_limit)
         passed = bd <= bd_limit and top >= top_start - top_limit
         return passed, (f"{'passed' if passed else 'refused'} on {len(self.images)} unannotated scans (BD-rate on "
                         f"Dice against the starting codec {bd:+.1f} %, top-quality Dice {top_start:.4f} -> {top:.4f}"
@@ -662,9 +650,29 @@ class ArchiveCheck:
         limits it was judged by."""
         out = {"archive_top_dice_start": self.start[-1][1]}
         if self.last is not None:
-            out.update(archive_bd_rate=self.last[0], archive_top_dice=self.last[1],
-                       archive_bd_rate_limit=self.allowed[0], archive_top_dice_limit=self.allowed[1])
+            out.update(zip(("archive_bd_rate", "archive_top_dice", "archive_bd_rate_limit", "archive_top_dice_limit"),
+                           self.last))
         return out
+
+
+@torch.no_grad()
+def decoded_readings(codec: SemanticCodec, task_net: torch.nn.Module, images: torch.Tensor,
+                     qualities: Sequence[int], *targets: torch.Tensor) -> list[tuple[torch.Tensor, ...]]:
+    """Per quality in ``qualities``: ``(bpp, Dice against each of targets...)``, each ``(B,)`` (one value per
+    image of ``images``), of the task network's reading of the images as decoding sees them (rounded latents,
+    eval mode); ``targets`` are ``(B, 1, H, W)`` float {0, 1} masks."""
+    from monai.metrics import compute_dice
+
+    from fedcodec.codec import bits_per_pixel
+    from fedcodec.task_net import foreground_probability
+
+    rows = []
+    for _, out in _decoded(codec, images, qualities):
+        bpp = bits_per_pixel(out["likelihoods"], images.shape[-2] * images.shape[-1])
+        read = (foreground_probability(task_net(codec.task_input(out["x_hat"]))) > 0.5).float()
+        rows.append((bpp, *(compute_dice(read, t, include_background=True, ignore_empty=False).flatten()
+                            for t in targets)))
+    return rows
 
 
 def _bd_rate(start: Sequence[tuple[float, float]], new: Sequence[tuple[float, float]]) -> float:

@@ -92,7 +92,6 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 import heldout as H  # noqa: E402
 
 import fedcodec.adapt as A  # noqa: E402
-from fedcodec.data import evenly_spaced  # noqa: E402
 from fedcodec.evaluate import evaluate_codec  # noqa: E402
 from fedcodec.model_io import load_codec  # noqa: E402
 
@@ -100,24 +99,11 @@ DESIGN, TEST = ("mr", "h1"), ("unseen", "ct")
 RULES = ("shots", "a8", "a16", "oracle16", "a16_bd", "a16_top", "a16_shot", "a16_shot_true")
 
 
-@torch.no_grad()
 def per_scan(codec, task_net, images: torch.Tensor, reads: torch.Tensor, truth: torch.Tensor) -> list[dict]:
     """Per quality: ``{"bpp": [...], "cons": [...], "true": [...]}`` one value per scan, as ArchiveCheck reads
-    (rounded latents, eval mode)."""
-    from monai.metrics import compute_dice
-
-    from fedcodec.codec import bits_per_pixel
-    from fedcodec.task_net import foreground_probability
-
-    rows = []
-    qualities = list(range(codec.num_qualities))
-    for _, out in A._decoded(codec, images, qualities):
-        bpp = bits_per_pixel(out["likelihoods"], images.shape[-2] * images.shape[-1])
-        read = (foreground_probability(task_net(codec.task_input(out["x_hat"]))) > 0.5).float()
-        rows.append({"bpp": bpp.flatten().tolist(),
-                     "cons": compute_dice(read, reads, include_background=True, ignore_empty=False).flatten().tolist(),
-                     "true": compute_dice(read, truth, include_background=True, ignore_empty=False).flatten().tolist()})
-    return rows
+    (:func:`fedcodec.adapt.decoded_readings`, every quality)."""
+    return [{"bpp": bpp.tolist(), "cons": cons.tolist(), "true": true.tolist()}
+            for bpp, cons, true in A.decoded_readings(codec, task_net, images, range(codec.num_qualities), reads, truth)]
 
 
 class Recorder:
@@ -233,8 +219,8 @@ def main() -> int:
             group = shots[first:first + 1]
             used = {s.name for s in group}
             rest = [s for s in train if s.name not in used]
-            eight = [s.name for s in evenly_spaced(rest, 8)]
-            sixteen = [s.name for s in evenly_spaced(rest, 16)]
+            eight = [s.name for s in H.unannotated_scans(train, group, 8)]
+            sixteen = [s.name for s in H.unannotated_scans(train, group, 16)]
             union = [s for s in rest if s.name in set(eight) | set(sixteen)]
             images, truth = A.samples_to_tensors(union, config.crop)
             shot = A.samples_to_tensors(group, config.crop)
