@@ -3,8 +3,8 @@
 # adaptation on the GPU, then bitstreams encoded on the GPU and decoded on the CPU and the reverse (identical
 # symbols, pixels within one grey level). Prints each check; writes OUT/gpu_check.json.
 # Usage: scripts/gpu_check.sh [OUT]   (DEVICE=cpu runs the same script CPU-against-CPU as a dry run)
+# On the lent GPU machine: scripts/device_wheels.sh here first, then carry .whl.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-[ -x .venv/bin/python ] || bash scripts/setup.sh
-. .venv/bin/activate
-timeout 300 python scripts/gpu_check.py --out "${1:-gpu_check_out}" --device "${DEVICE:-cuda}" "${@:2}"
+. scripts/device_env.sh      # the .venv here; python3 and the carried .whl on the bare GPU machine
+timeout 300 "$PY" scripts/gpu_check.py --out "${1:-gpu_check_out}" --device "${DEVICE:-cuda}" "${@:2}"
