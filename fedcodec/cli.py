@@ -92,7 +92,9 @@ class _HelpFormatter(argparse.HelpFormatter):
         if value is None:   # the help text says where the value comes from (e.g. the codec file)
             return action.help
         if isinstance(value, tuple):   # groups ("policy,adapters") or group sets ("policy+adapters,policy")
-            value = ",".join("+".join(v) if isinstance(v, tuple) else v for v in value)
+            from fedcodec.run_config import format_candidates
+
+            value = format_candidates(value) if value and isinstance(value[0], tuple) else ",".join(value)
         return f"{action.help or ''} (default: {value})".lstrip()
 
 
