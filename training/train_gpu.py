@@ -14,7 +14,7 @@ re-windowed, task loss on every crop through the inverse window, the three ensem
 - ``crop256``:  whole 256x256 images instead of 128x128 crops, batch 16 (the segmenters read whole images).
 
 Every arm first times ``CALIBRATION_STEPS`` steps (with the other arms running, as they will), then sets its
-step count so that its cosine schedule ends inside its share of the budget; ``max_minutes`` stops it anyway
+step count so that its cosine schedule ends inside the budget; ``max_minutes`` stops it anyway
 (the codec is then saved mid-schedule and says so). The schedule's end is the arm's result (the default was
 chosen so; the steering validation has not predicted the held-out sets), with one steering validation there.
 
@@ -22,7 +22,7 @@ On the GPU machine (bare: no venv, no network; its python3 has torch and numpy 2
 
     bash scripts/device_wheels.sh                     # here, once: the wheels it lacks, into .whl (ignored)
     # then, through the device tool, carry .whl:
-    bash training/train_gpu.sh                        # = python training/train_gpu.py --out $OUT --budget-min 8
+    bash training/train_gpu.sh                        # = python training/train_gpu.py --out $OUT (7 minutes)
 
 Dry runs on the CPU (2026-11-28): ``python training/train_gpu.py --device cpu --budget-min 3 --arms long`` (the
 project's .venv: 1.85 s a step of batch 32 on 2 cores, 17 steps, end validation h0 -6.9 %, h1 -37.1 % vs x265: the
@@ -158,7 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", default=os.environ.get("OUT") or str(REPO / "runs" / "gpu_round"))
     p.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated, of {sorted(ARMS)}")
-    p.add_argument("--budget-min", type=float, default=8.0, help="wall time of the whole round, minutes")
+    p.add_argument("--budget-min", type=float, default=7.0,
+                   help="wall time of each arm, minutes (the device tool allows 10 a command, 15 a session)")
     p.add_argument("--device", default="cuda")
     p.add_argument("--threads", type=int, default=0, help="torch threads per arm (0 = cores / arms)")
     p.add_argument("--tiny", action="store_true", help="a seconds-long smoke run (tests)")
