@@ -619,19 +619,15 @@ class ArchiveCheck:
         if self.shots is None:
             return bd_limit, top_limit, ""
         new = self._points(codec, *self.shots)
-        consistency = _bd_rate([p[:2] for p in self.shots_start], [p[:2] for p in new])
-        truth = _bd_rate([(p[0], p[2]) for p in self.shots_start], [(p[0], p[2]) for p in new])
-        right = truth <= 0 and new[-1][2] >= self.shots_start[-1][2]
-        if not right:
+        move = ShotMove.between(self.shots_start, new)
+        if not move.right:
             return bd_limit, top_limit, (f"; the shots' annotation does not call the adaptation's move right (BD-rate "
-                                         f"on true-mask Dice {truth:+.1f} %, top-quality {self.shots_start[-1][2]:.4f}"
-                                         f" -> {new[-1][2]:.4f}): no allowance")
-        bd_extra = max(0.0, consistency) if math.isfinite(consistency) else 0.0
-        top_moved = self.shots_start[-1][1] - new[-1][1]
-        top_extra = max(0.0, top_moved)
-        return bd_limit + bd_extra, top_limit + top_extra, (
-            f"; limits {bd_limit + bd_extra:+.1f} % and {top_limit + top_extra:.4f}: the shots' reading moved from "
-            f"the originals' by {consistency:+.1f} % and {top_moved:+.4f}, towards their annotation ({truth:+.1f} %)")
+                                         f"on true-mask Dice {move.truth:+.1f} %, top-quality "
+                                         f"{self.shots_start[-1][2]:.4f} -> {new[-1][2]:.4f}): no allowance")
+        bd_limit, top_limit = bd_limit + move.bd_extra, top_limit + move.top_extra
+        return bd_limit, top_limit, (
+            f"; limits {bd_limit:+.1f} % and {top_limit:.4f}: the shots' reading moved from the originals' by "
+            f"{move.consistency:+.1f} % and {move.top_moved:+.4f}, towards their annotation ({move.truth:+.1f} %)")
 
     def judge(self, codec: SemanticCodec) -> tuple[bool, str]:
         """``(passed, what was measured)`` for ``codec`` (the adapted one) against the starting codec."""
@@ -653,6 +649,35 @@ class ArchiveCheck:
             out.update(zip(("archive_bd_rate", "archive_top_dice", "archive_bd_rate_limit", "archive_top_dice_limit"),
                            self.last))
         return out
+
+
+class ShotMove(NamedTuple):
+    """How an adaptation moved the task network's reading of the annotated shots, and the allowance that earns in
+    :class:`ArchiveCheck` (``config.archive_relative_to_shots``)."""
+
+    consistency: float   # BD-rate (%) on Dice against the reading of the originals (+inf: no common range)
+    top_moved: float     # top-quality Dice against that reading: how far it fell
+    truth: float         # BD-rate (%) on Dice against the annotation
+    right: bool          # the annotation calls the move right: truth <= 0 and top-quality true Dice not down
+
+    @classmethod
+    def between(cls, start: Sequence[tuple[float, float, float]],
+                new: Sequence[tuple[float, float, float]]) -> "ShotMove":
+        """From ``(bpp, Dice against the originals' reading, Dice against the annotation)`` per quality, before
+        and after the adaptation."""
+        truth = _bd_rate([(p[0], p[2]) for p in start], [(p[0], p[2]) for p in new])
+        return cls(_bd_rate([p[:2] for p in start], [p[:2] for p in new]), start[-1][1] - new[-1][1], truth,
+                   truth <= 0 and new[-1][2] >= start[-1][2])
+
+    @property
+    def bd_extra(self) -> float:
+        """What the BD-rate limit widens by: the consistency BD-rate where positive and finite."""
+        return max(0.0, self.consistency) if math.isfinite(self.consistency) else 0.0
+
+    @property
+    def top_extra(self) -> float:
+        """What the top-quality Dice limit widens by: the drop where positive."""
+        return max(0.0, self.top_moved)
 
 
 @torch.no_grad()

@@ -116,7 +116,7 @@ class Recorder:
         self.shot_reads = A.consistency_targets(task_net, shot[0]).float()
         self.heldout, self.seg, self.record = heldout, seg, record
 
-    def __call__(self, codec, task_net, scans, config, device):   # adapt's ArchiveCheck(...) call
+    def __call__(self, codec, task_net, scans, config, device, shots=None):   # adapt's ArchiveCheck(...) call
         return self
 
     def judge(self, codec):
@@ -147,14 +147,14 @@ def passes(rule: str, pre: dict, cand: dict, names: dict) -> bool:
     s, n = _curve(pre["archive"], key, idx), _curve(cand["archive"], key, idx)
     bd, drop = _bd(s, n), s[-1][1] - n[-1][1]
     bd_lim, top_lim = H.WORSE_BD, H.WORSE_TOP_DICE
-    if rule in ("a16_shot", "a16_shot_true"):
+    if rule in ("a16_shot", "a16_shot_true"):   # ArchiveCheck.allowance's rule, on the recorded readings
         one = list(range(len(pre["shot"][0]["bpp"])))
-        ss, sn = _curve(pre["shot"], "cons", one), _curve(cand["shot"], "cons", one)
-        ts, tn = _curve(pre["shot"], "true", one), _curve(cand["shot"], "true", one)
-        right = _bd(ts, tn) <= 0 and tn[-1][1] >= ts[-1][1]   # the annotation calls the shot's move right
-        if rule == "a16_shot" or right:
-            bd_lim += max(0.0, _bd(ss, sn)) if math.isfinite(_bd(ss, sn)) else 0.0
-            top_lim += max(0.0, ss[-1][1] - sn[-1][1])
+        move = A.ShotMove.between(*([(b, c, t) for (b, c), (_, t) in zip(_curve(r["shot"], "cons", one),
+                                                                         _curve(r["shot"], "true", one))]
+                                    for r in (pre, cand)))
+        if rule == "a16_shot" or move.right:
+            bd_lim += move.bd_extra
+            top_lim += move.top_extra
     ok_bd, ok_top = bd <= bd_lim, drop <= top_lim
     return {"a16_bd": ok_bd, "a16_top": ok_top}.get(rule, ok_bd and ok_top)
 
